@@ -14,11 +14,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-
-def _torch_uniform(bound: float):
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
+from attngan_jax.initializers import uniform
 
 
 class LSTMDirection(nn.Module):
@@ -29,7 +25,7 @@ class LSTMDirection(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: [B, T, F]; mask: bool [B, T], a prefix of True per row. Returns outputs [B, T, H], final h [B, H]."""
     h_dim, f_dim = self.hidden, x.shape[-1]
-    init = _torch_uniform(1.0 / h_dim ** 0.5)  # PyTorch's nn.LSTM default init
+    init = uniform(1.0 / h_dim ** 0.5)  # PyTorch's nn.LSTM default init
     kernel_ih = self.param("kernel_ih", init, (f_dim, 4 * h_dim))
     kernel_hh = self.param("kernel_hh", init, (h_dim, 4 * h_dim))
     bias_ih = self.param("bias_ih", init, (4 * h_dim,))
@@ -84,7 +80,7 @@ class TextEncoder(nn.Module):
       raise ValueError(f"output_dim must be even (two LSTM directions), got {self.output_dim}.")
     hidden = self.output_dim // 2
     lengths = jnp.asarray(lengths, jnp.int32)
-    emb = nn.Embed(self.n_words, self.embed_dim, embedding_init=_torch_uniform(0.1), name="encoder")(tokens)
+    emb = nn.Embed(self.n_words, self.embed_dim, embedding_init=uniform(0.1), name="encoder")(tokens)
     emb = nn.Dropout(self.dropout)(emb, deterministic=deterministic)
     mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
     fwd_out, fwd_last = LSTMDirection(hidden, name="forward")(emb, mask)

@@ -1,0 +1,177 @@
+"""Inception-v3 in Flax with torchvision's module structure and names.
+
+Every torchvision tensor `<Block>.<branch>.conv.weight` / `.bn.{weight,bias,running_mean,running_var}` has
+the Flax counterpart `<Block>/<branch>/conv/kernel` / `bn/{scale,bias}` (params) and `bn/{mean,var}`
+(batch_stats), so weight conversion is a mechanical rename (attngan_jax.convert_torch). NHWC layout.
+
+BatchNorm: eps 0.001 as torchvision. train=True normalises with batch statistics and updates the running
+averages with PyTorch's momentum 0.1 (Flax momentum 0.9); Flax averages the biased batch variance where
+PyTorch uses the unbiased one, a relative difference of 1/(elements per channel) in the running variance.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Pair = tuple[int, int]
+
+
+def _pair(v) -> Pair:
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class BasicConv2d(nn.Module):
+  """Conv (no bias) -> BatchNorm(eps 0.001) -> ReLU, torchvision's BasicConv2d."""
+  features: int
+  kernel: int | Pair
+  stride: int = 1
+  padding: int | Pair = 0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    ph, pw = _pair(self.padding)
+    x = nn.Conv(self.features, _pair(self.kernel), strides=_pair(self.stride), padding=((ph, ph), (pw, pw)),
+                use_bias=False, kernel_init=nn.initializers.truncated_normal(0.1), name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3, use_fast_variance=False,
+                     name="bn")(x)
+    return nn.relu(x)
+
+
+def _avg_pool3(x):
+  # torchvision: F.avg_pool2d(kernel 3, stride 1, padding 1) counting the zero padding.
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=True)
+
+
+def _max_pool3s2(x):
+  return nn.max_pool(x, (3, 3), strides=(2, 2))
+
+
+class InceptionA(nn.Module):
+  pool_features: int
+
+  @nn.compact
+  def __call__(self, x, train):
+    b1 = BasicConv2d(64, 1, name="branch1x1")(x, train)
+    b5 = BasicConv2d(48, 1, name="branch5x5_1")(x, train)
+    b5 = BasicConv2d(64, 5, padding=2, name="branch5x5_2")(b5, train)
+    b3 = BasicConv2d(64, 1, name="branch3x3dbl_1")(x, train)
+    b3 = BasicConv2d(96, 3, padding=1, name="branch3x3dbl_2")(b3, train)
+    b3 = BasicConv2d(96, 3, padding=1, name="branch3x3dbl_3")(b3, train)
+    bp = BasicConv2d(self.pool_features, 1, name="branch_pool")(_avg_pool3(x), train)
+    return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    b3 = BasicConv2d(384, 3, stride=2, name="branch3x3")(x, train)
+    bd = BasicConv2d(64, 1, name="branch3x3dbl_1")(x, train)
+    bd = BasicConv2d(96, 3, padding=1, name="branch3x3dbl_2")(bd, train)
+    bd = BasicConv2d(96, 3, stride=2, name="branch3x3dbl_3")(bd, train)
+    return jnp.concatenate([b3, bd, _max_pool3s2(x)], axis=-1)
+
+
+class InceptionC(nn.Module):
+  channels_7x7: int
+
+  @nn.compact
+  def __call__(self, x, train):
+    c7 = self.channels_7x7
+    b1 = BasicConv2d(192, 1, name="branch1x1")(x, train)
+    b7 = BasicConv2d(c7, 1, name="branch7x7_1")(x, train)
+    b7 = BasicConv2d(c7, (1, 7), padding=(0, 3), name="branch7x7_2")(b7, train)
+    b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7, train)
+    bd = BasicConv2d(c7, 1, name="branch7x7dbl_1")(x, train)
+    bd = BasicConv2d(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd, train)
+    bd = BasicConv2d(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd, train)
+    bd = BasicConv2d(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd, train)
+    bd = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd, train)
+    bp = BasicConv2d(192, 1, name="branch_pool")(_avg_pool3(x), train)
+    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    b3 = BasicConv2d(192, 1, name="branch3x3_1")(x, train)
+    b3 = BasicConv2d(320, 3, stride=2, name="branch3x3_2")(b3, train)
+    b7 = BasicConv2d(192, 1, name="branch7x7x3_1")(x, train)
+    b7 = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7, train)
+    b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7, train)
+    b7 = BasicConv2d(192, 3, stride=2, name="branch7x7x3_4")(b7, train)
+    return jnp.concatenate([b3, b7, _max_pool3s2(x)], axis=-1)
+
+
+class InceptionE(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    b1 = BasicConv2d(320, 1, name="branch1x1")(x, train)
+    b3 = BasicConv2d(384, 1, name="branch3x3_1")(x, train)
+    b3 = jnp.concatenate([BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3, train),
+                          BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3, train)], axis=-1)
+    bd = BasicConv2d(448, 1, name="branch3x3dbl_1")(x, train)
+    bd = BasicConv2d(384, 3, padding=1, name="branch3x3dbl_2")(bd, train)
+    bd = jnp.concatenate([BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd, train),
+                          BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd, train)], axis=-1)
+    bp = BasicConv2d(192, 1, name="branch_pool")(_avg_pool3(x), train)
+    return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+# torchvision's block order after the stem; the DAMSM taps Mixed_6e (regions) and Mixed_7c (global).
+BLOCKS: Sequence[tuple[str, type, dict]] = (
+    ("Mixed_5b", InceptionA, {"pool_features": 32}),
+    ("Mixed_5c", InceptionA, {"pool_features": 64}),
+    ("Mixed_5d", InceptionA, {"pool_features": 64}),
+    ("Mixed_6a", InceptionB, {}),
+    ("Mixed_6b", InceptionC, {"channels_7x7": 128}),
+    ("Mixed_6c", InceptionC, {"channels_7x7": 160}),
+    ("Mixed_6d", InceptionC, {"channels_7x7": 160}),
+    ("Mixed_6e", InceptionC, {"channels_7x7": 192}),
+    ("Mixed_7a", InceptionD, {}),
+    ("Mixed_7b", InceptionE, {}),
+    ("Mixed_7c", InceptionE, {}),
+)
+
+
+class InceptionV3(nn.Module):
+  """Inception-v3 without the auxiliary head. Input NHWC, at least 75 x 75.
+
+  Returns a dict: "mixed_6e" [B, h, w, 768] (17 x 17 at 299 px), "mixed_7c" [B, h', w', 2048],
+  "pool" [B, 2048] (global average), and "logits" [B, num_classes] when num_classes is set.
+  transform_input: torchvision's option that maps inputs normalised with mean = std = 0.5 (i.e. [-1, 1])
+  to ImageNet normalisation; off by default because the DAMSM feeds [-1, 1] images to the blocks directly.
+  """
+  num_classes: Optional[int] = None
+  transform_input: bool = False
+  dropout: float = 0.5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f"InceptionV3 expects NHWC images [B, H, W, 3], got shape {x.shape}.")
+    if min(x.shape[1:3]) < 75:
+      raise ValueError(f"InceptionV3 needs images of at least 75 x 75 pixels, got {x.shape[1:3]}.")
+    if self.transform_input:
+      mean = jnp.array([0.485, 0.456, 0.406])
+      std = jnp.array([0.229, 0.224, 0.225])
+      x = (x * (std / 0.5)) + (mean - 0.5) / 0.5
+    x = BasicConv2d(32, 3, stride=2, name="Conv2d_1a_3x3")(x, train)
+    x = BasicConv2d(32, 3, name="Conv2d_2a_3x3")(x, train)
+    x = BasicConv2d(64, 3, padding=1, name="Conv2d_2b_3x3")(x, train)
+    x = _max_pool3s2(x)
+    x = BasicConv2d(80, 1, name="Conv2d_3b_1x1")(x, train)
+    x = BasicConv2d(192, 3, name="Conv2d_4a_3x3")(x, train)
+    x = _max_pool3s2(x)
+    out = {}
+    for name, block, kwargs in BLOCKS:
+      x = block(name=name, **kwargs)(x, train)
+      if name in ("Mixed_6e", "Mixed_7c"):
+        out[name.lower()] = x
+    out["pool"] = jnp.mean(x, axis=(1, 2))
+    if self.num_classes:
+      h = nn.Dropout(self.dropout)(out["pool"], deterministic=not train)
+      out["logits"] = nn.Dense(self.num_classes, name="fc")(h)
+    return out
