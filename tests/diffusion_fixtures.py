@@ -22,6 +22,8 @@ from collections import Counter
 
 import pytest
 
+from diffusion_jax.tokenizer import bytes_to_unicode
+
 VARIANTS = ("sd1", "sd2", "reference")
 
 # Words of the prompts the tests and the shapes dataset use; everything in here becomes one token.
@@ -29,19 +31,6 @@ _WORDS = """a an and the of with in on photo picture image painting drawing cat 
 lion monkey mouse rabbit turtle apple backpack balloon bench bow bowl car chair clock crown glasses suitcase
 red green blue yellow purple orange white black brown gray pink circle square triangle star heart cross hexagon
 diamond small large big tiny left right top bottom next to , . !""".split()
-
-
-def bytes_to_unicode() -> dict[int, str]:
-  """CLIP/GPT-2's reversible byte -> printable unicode character table (in CLIP's vocabulary order)."""
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-  cs = bs[:]
-  n = 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return dict(zip(bs, map(chr, cs)))
 
 
 def tiny_clip_bpe(words: list[str] = _WORDS, max_merges: int = 420) -> tuple[dict[str, int], list[str]]:

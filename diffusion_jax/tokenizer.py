@@ -1,0 +1,200 @@
+"""CLIP's byte-level BPE tokenizer for Stable Diffusion folders, built on the `tokenizers` library.
+
+    tok = CLIPTokenizer.from_folder("sd-folder/tokenizer")
+    batch = tok(["a photo of a cat", "a dog"])       # ids/attention_mask int32 [2, 77], lengths [2]
+    tok.word_token_positions("a cat and a frog")     # [("a", [1]), ("cat", [2]), ("and", [3]), ...]
+
+Settings are those of OpenAI CLIP (and transformers' CLIPTokenizer): NFC, whitespace runs -> one space,
+lowercase; CLIP's split regex; byte-level symbols; "</w>" marks the end of a word; <|startoftext|> ...
+<|endoftext|> around each text; sequences truncated to model_max_length (77) keeping the final <|endoftext|>,
+with a warning that quotes the dropped text. Padding uses the folder's pad token: <|endoftext|> in SD 1.x,
+"!" (id 0) in SD 2.x.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import BPE
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+@dataclasses.dataclass
+class TokenizedBatch:
+  """input_ids and attention_mask int32 [B, max_length]; lengths int32 [B]: real tokens incl. BOS and EOS."""
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+  lengths: np.ndarray
+
+
+class CLIPTokenizer:
+  """CLIP BPE from vocab.json + merges.txt. Call it on a string or a list of strings."""
+
+  def __init__(self, vocab_file: str, merges_file: str, *, model_max_length: int = 77, pad_token: str = EOS,
+               bos_token: str = BOS, eos_token: str = EOS, unk_token: str = EOS):
+    for path in (vocab_file, merges_file):
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer file {path!r} does not exist (a CLIP tokenizer folder holds "
+                                "vocab.json and merges.txt).")
+    with open(vocab_file, encoding="utf-8") as f:
+      self.vocab: dict[str, int] = json.load(f)
+    with open(merges_file, encoding="utf-8") as f:
+      lines = [l.rstrip("\n") for l in f]
+    self.merges = [tuple(l.split(" ")) for l in lines if l and not l.startswith("#version")]
+    for name, tok in (("pad_token", pad_token), ("bos_token", bos_token), ("eos_token", eos_token),
+                      ("unk_token", unk_token)):
+      if tok not in self.vocab:
+        raise ValueError(f"{name} {tok!r} is not in {vocab_file}; check tokenizer_config.json.")
+    self.model_max_length = model_max_length
+    self.pad_token, self.bos_token, self.eos_token, self.unk_token = pad_token, bos_token, eos_token, unk_token
+    self.pad_token_id, self.bos_token_id = self.vocab[pad_token], self.vocab[bos_token]
+    self.eos_token_id = self.vocab[eos_token]
+    tk = Tokenizer(BPE(vocab=self.vocab, merges=self.merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
+                       unk_token=unk_token, fuse_unk=False))
+    tk.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                          normalizers.Lowercase()])
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tk.decoder = decoders.ByteLevel()
+    # Special tokens are matched in the raw text before BPE, as transformers does; that includes the pad token, so
+    # with SD 2.x's pad "!" every "!" in a prompt becomes id 0 (what diffusers' SD 2 pipelines feed the model).
+    tk.add_special_tokens(list(dict.fromkeys([bos_token, eos_token, pad_token, unk_token])))
+    self._tk = tk
+    self._id_to_token = {i: t for t, i in self.vocab.items()}
+
+  @classmethod
+  def from_folder(cls, folder: str, **overrides) -> "CLIPTokenizer":
+    """Reads vocab.json, merges.txt and the special tokens of tokenizer_config.json / special_tokens_map.json."""
+    settings: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
+      path = os.path.join(folder, name)
+      if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+          raw = json.load(f)
+        for key in ("pad_token", "bos_token", "eos_token", "unk_token", "model_max_length"):
+          value = raw.get(key)
+          if isinstance(value, dict):  # serialised AddedToken
+            value = value.get("content")
+          if value is not None:
+            settings[key] = value
+    if settings.get("model_max_length", 77) > 10**6:  # transformers' "no limit" placeholder
+      settings.pop("model_max_length")
+    settings.update(overrides)
+    return cls(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), **settings)
+
+  def save(self, folder: str) -> None:
+    """Writes vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json (transformers reads them)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+      json.dump(self.vocab, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+      f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
+    special = dict(bos_token=self.bos_token, eos_token=self.eos_token, pad_token=self.pad_token,
+                   unk_token=self.unk_token)
+    with open(os.path.join(folder, "special_tokens_map.json"), "w", encoding="utf-8") as f:
+      json.dump(special, f, indent=2)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+      json.dump(dict(special, tokenizer_class="CLIPTokenizer", model_max_length=self.model_max_length,
+                     do_lower_case=True), f, indent=2)
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.vocab)
+
+  def tokenize(self, text: str) -> list[int]:
+    """Ids of the text's BPE tokens, without BOS/EOS."""
+    return self._tk.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of ids (BOS, EOS and padding dropped); words separated by single spaces."""
+    skip = {self.bos_token_id, self.eos_token_id, self.pad_token_id}
+    text = self._tk.decode([int(i) for i in ids if int(i) not in skip], skip_special_tokens=True)
+    return " ".join(text.replace("</w>", " ").split())
+
+  def __call__(self, texts: Union[str, Sequence[str]], *, max_length: Optional[int] = None,
+               padding: str = "max_length", warn_truncation: bool = True) -> TokenizedBatch:
+    """Tokenizes to [B, max_length] (default model_max_length); padding "max_length" or "longest"."""
+    if isinstance(texts, str):
+      texts = [texts]
+    if padding not in ("max_length", "longest"):
+      raise ValueError(f"padding={padding!r}: use 'max_length' (SD pipelines) or 'longest'.")
+    max_length = max_length or self.model_max_length
+    if max_length < 2:
+      raise ValueError(f"max_length={max_length} leaves no room for <|startoftext|> and <|endoftext|>.")
+    rows = []
+    for text in texts:
+      if not isinstance(text, str):
+        raise TypeError(f"the tokenizer takes strings, got {type(text).__name__}: {text!r}.")
+      enc = self._tk.encode(text, add_special_tokens=False)
+      ids = enc.ids
+      if len(ids) > max_length - 2:
+        if warn_truncation:
+          dropped = text[enc.offsets[max_length - 2][0]:]
+          warnings.warn(f"prompt truncated to {max_length} tokens (CLIP's limit); dropped: {dropped!r}",
+                        stacklevel=2)
+        ids = ids[:max_length - 2]
+      rows.append([self.bos_token_id] + ids + [self.eos_token_id])
+    width = max_length if padding == "max_length" else max(len(r) for r in rows)
+    input_ids = np.full((len(rows), width), self.pad_token_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+      input_ids[i, :len(r)] = r
+      mask[i, :len(r)] = 1
+    return TokenizedBatch(input_ids, mask, mask.sum(axis=1).astype(np.int32))
+
+  def word_token_positions(self, prompt: str) -> list[tuple[str, list[int]]]:
+    """Each whitespace-separated word of `prompt` with the positions of its tokens in the tokenized sequence
+    (position 0 is <|startoftext|>), e.g. for Attend-and-Excite's token indices. Words cut off by truncation
+    get no positions past the limit."""
+    enc = self._tk.encode(prompt, add_special_tokens=False)
+    words, spans, start = [], [], None
+    for i, ch in enumerate(prompt + " "):
+      if ch.isspace():
+        if start is not None:
+          words.append(prompt[start:i])
+          spans.append((start, i))
+          start = None
+      elif start is None:
+        start = i
+    out = [(w, []) for w in words]
+    limit = self.model_max_length - 2
+    for t, (s, _) in enumerate(enc.offsets[:limit]):
+      for k, (ws, we) in enumerate(spans):
+        if ws <= s < we:
+          out[k][1].append(t + 1)
+          break
+    return out
+
+  def token_indices(self, prompt: str, words: Sequence[str]) -> list[int]:
+    """Position of each given word's token in `prompt` (first occurrence, case-insensitive, punctuation
+    stripped); for a word split into several tokens, its last one (under the causal mask it has seen the
+    whole word)."""
+    table = self.word_token_positions(prompt)
+    result = []
+    for w in words:
+      hits = [pos for word, pos in table if word.lower().strip(".,!?;:") == w.lower() and pos]
+      if not hits:
+        raise ValueError(f"word {w!r} is not in the prompt {prompt!r} (words: {[x for x, _ in table]}).")
+      result.append(hits[0][-1])
+    return result
+
+
+def bytes_to_unicode() -> dict[int, str]:
+  """CLIP's reversible table from bytes to printable characters (the byte-level BPE symbols, in vocab order)."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+  cs = bs[:]
+  n = 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return dict(zip(bs, map(chr, cs)))
