@@ -103,6 +103,8 @@ def word_scores(regions: jax.Array, words: jax.Array, lengths: jax.Array, *, gam
 
   regions: [B, h, w, D] or [B, N, D]; words [B, T, D] (anything past `lengths` is ignored).
   """
+  if regions.shape[0] != words.shape[0]:
+    raise ValueError(f"{regions.shape[0]} images but {words.shape[0]} captions: DAMSM pairs them one to one.")
   if regions.ndim == 4:
     regions = regions.reshape(regions.shape[0], -1, regions.shape[-1])
   lengths = jnp.asarray(lengths, jnp.int32)
@@ -115,8 +117,6 @@ def word_scores(regions: jax.Array, words: jax.Array, lengths: jax.Array, *, gam
   score = jax.nn.logsumexp(r, axis=-1)                                # Eq. 10 without the 1/gamma2
   if paper_word_score:
     score = score / gamma2
-  if regions.shape[0] != words.shape[0]:
-    raise ValueError(f"{regions.shape[0]} images but {words.shape[0]} captions: DAMSM pairs them one to one.")
   diag = jnp.arange(regions.shape[0])
   return score, alpha[diag, diag]
 
