@@ -111,3 +111,18 @@ def test_iterate_eval_pads_and_masks_for_every_process():
   assert real == list(range(10)) and padded == 2  # global batch k holds examples 4k..4k+3, in order
   again = list(iterate_eval(config, "test", 4, process_index=0, process_count=2))
   assert all(_same(a, b) for a, b in zip(passes[0], again))
+
+
+def test_data_config_rejects_bad_fields():
+  with pytest.raises(ValueError, match="no field 'image_size'"):
+    data_config("shapes", image_size=(64,))
+  with pytest.raises(ValueError, match="ascending"):
+    data_config("cub", image_sizes=(256, 64))
+  with pytest.raises(ValueError, match="on_bad_record"):
+    data_config("coco", on_bad_record="ignore")
+  with pytest.raises(ValueError, match="data_dir"):
+    data_config("folder")
+  with pytest.raises(ValueError, match="unknown dataset name"):
+    data_config("imagenet")
+  config = data_config("cub", image_sizes=[64, 128, 256])
+  assert config.image_sizes == (64, 128, 256) and config.random_crop and config.cub.bbox_crop

@@ -26,7 +26,6 @@ from t2i_common.data.transforms import image_pyramid
 TextTransform = Callable[[str, np.random.Generator], dict[str, np.ndarray]]
 _RESERVED = ("caption", "caption_index", "class_id", "index", "mask", "num_skipped")
 _BAD = "_bad_record"
-_TAIL = "_tail"  # carries the count of bad records met after the last example of a finite stream
 
 log = logging.getLogger(__name__)
 
@@ -149,24 +148,15 @@ class _EvalExample:
     return example
 
 
-def _collate(elements: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-  examples = [e for e in elements if _TAIL not in e]
-  batch = {"num_skipped": np.int64(sum(int(e.get("num_skipped", 0)) for e in elements))}
-  for key in examples[0] if examples else ():
-    if key == "num_skipped":
-      continue
-    values = [e[key] for e in examples]
-    if key == "caption":
-      column = np.empty(len(values), dtype=object)
-      column[:] = values
-      batch[key] = column
-    else:
-      batch[key] = np.stack(values)
-  return batch
-
-
 class _DropBadRecordsIterator(grain.DatasetIterator):
-  """Drops bad-record markers; the next example adds how many were dropped before it to "num_skipped"."""
+  """Drops bad-record markers; the next example adds how many were dropped before it to "num_skipped".
+
+  Every element gets "_valid" True. Bad records after the last example of a finite stream are reported by a
+  copy of the last example with "_valid" False, because grain's own batching (which passes batches between
+  worker processes through shared memory) needs every element to have the same structure.
+  """
+
+  _last = None
 
   def __next__(self) -> dict[str, Any]:
     skipped = 0
@@ -174,13 +164,17 @@ class _DropBadRecordsIterator(grain.DatasetIterator):
       try:
         element = next(self._parent)
       except StopIteration:
+        if skipped and self._last is not None:
+          return {**self._last, "num_skipped": np.int64(skipped), "_valid": np.False_}
         if skipped:
-          return {_TAIL: True, "num_skipped": np.int64(skipped)}
+          log.warning("%d bad records at the end of the stream are skipped but not counted.", skipped)
         raise
       if _BAD in element:
         skipped += 1
         continue
-      return {**element, "num_skipped": np.int64(element.get("num_skipped", 0) + skipped)}
+      self._last = {**element, "num_skipped": np.int64(element.get("num_skipped", 0) + skipped),
+                    "_valid": np.True_}
+      return self._last
 
   def get_state(self) -> dict[str, Any]:
     return self._parent.get_state()
@@ -221,10 +215,14 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
 
   def __next__(self) -> dict[str, np.ndarray]:
     while True:
-      batch = next(self._iterator)
-      self._num_skipped += int(batch.pop("num_skipped"))
-      # A batch short of examples only forms at the end of a finite stream (bad records at its tail).
-      if "index" in batch and (not self.drop_remainder or len(batch["index"]) == self.local_batch_size):
+      batch = dict(next(self._iterator))
+      self._num_skipped += int(batch.pop("num_skipped").sum())
+      valid = batch.pop("_valid")
+      if not valid.all():  # only in the last batch of a finite stream that ends with bad records
+        batch = {k: v[valid] for k, v in batch.items()}
+      if valid.any() and (not self.drop_remainder or valid.sum() == self.local_batch_size):
+        # grain stacks strings as fixed-width unicode; callers get Python strings.
+        batch["caption"] = batch["caption"].astype(object)
         return batch
 
   def get_state(self) -> dict[str, Any]:
@@ -255,8 +253,12 @@ def _finish(ds: grain.MapDataset, data_config: ml_collections.ConfigDict, local_
             drop_remainder: bool, workers: bool) -> grain.IterDataset:
   read = grain.ReadOptions(num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch_buffer)
   it = _DropBadRecords(ds.to_iter_dataset(read))
-  it = it.batch(local_batch, drop_remainder=drop_remainder, batch_fn=_collate)
+  it = it.batch(local_batch, drop_remainder=drop_remainder)
   if workers and data_config.num_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      # grain's worker processes read absl flags; outside absl.app (tests, notebooks) use their defaults.
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers,
                                                      per_worker_buffer_size=data_config.worker_buffer_size))
   return it

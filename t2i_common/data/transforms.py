@@ -44,7 +44,10 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
 
 def to_float(image: np.ndarray) -> np.ndarray:
   """uint8 [0, 255] -> float32 [-1, 1]."""
-  return np.asarray(image, np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+  out = np.array(image, np.float32)  # a fresh array, scaled in place
+  out *= np.float32(1 / 127.5)
+  out -= np.float32(1.0)
+  return out
 
 
 def image_pyramid(
