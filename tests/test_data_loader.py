@@ -7,6 +7,7 @@ import pytest
 
 from t2i_common.data.config import data_config
 from t2i_common.data.loader import iterate_eval, make_loader, make_source
+from t2i_common.data.records import BadRecordError
 
 SINGLE = dict(process_index=0, process_count=1)
 
@@ -126,3 +127,18 @@ def test_data_config_rejects_bad_fields():
     data_config("imagenet")
   config = data_config("cub", image_sizes=[64, 128, 256])
   assert config.image_sizes == (64, 128, 256) and config.random_crop and config.cub.bbox_crop
+
+
+def test_damsm_text_transform_plugs_in():
+  text = pytest.importorskip("attngan_jax.text", reason="needs the DAMSM tokenizer")
+  config = _config(num_train=8)
+  words = sorted({w for i in range(8) for c in make_source(config, "train")[i]["captions"]
+                  for w in text.tokenize(c)})
+  transform = text.TextTransform(text.Vocabulary(["<end>"] + words), words_num=6)
+  batch = next(make_loader(config, "train", global_batch_size=4, seed=0, text_transform=transform, **SINGLE))
+  assert batch["tokens"].shape == (4, 6) and batch["tokens"].dtype == np.int32
+  assert (batch["length"] >= 1).all() and (batch["length"] <= 6).all()
+  # A caption the vocabulary cannot encode is a bad record naming the example, not a crash deep in grain.
+  strict = text.TextTransform(text.Vocabulary(["<end>", "zebra"]), words_num=6)
+  with pytest.raises(BadRecordError, match="text_transform rejected caption"):
+    next(make_loader(config, "train", global_batch_size=4, seed=0, text_transform=strict, **SINGLE))

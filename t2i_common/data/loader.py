@@ -24,7 +24,7 @@ from t2i_common.data.records import BadRecordError, check_record
 from t2i_common.data.transforms import image_pyramid
 
 TextTransform = Callable[[str, np.random.Generator], dict[str, np.ndarray]]
-_RESERVED = ("caption", "caption_index", "class_id", "index", "mask", "num_skipped")
+_RESERVED = ("caption", "caption_index", "class_id", "index", "mask", "num_skipped", "_valid")
 _BAD = "_bad_record"
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class _ExampleMaker:
 
   def __init__(self, source, data_config: ml_collections.ConfigDict, train: bool,
                text_transform: TextTransform | None):
-    self.source, self.text_transform, self.train = source, text_transform, train
+    self.source, self.text_transform = source, text_transform
     self.dataset = str(getattr(source, "name", data_config.name))
     self.sizes = tuple(data_config.image_sizes)
     self.random_crop = train and data_config.random_crop
@@ -88,7 +88,12 @@ class _ExampleMaker:
     out.update(caption=captions[caption_index], caption_index=np.int32(caption_index),
                class_id=np.int32(record.get("class_id", index)), index=np.int64(index))
     if self.text_transform is not None:
-      extra = self.text_transform(captions[caption_index], rng)
+      try:
+        extra = self.text_transform(captions[caption_index], rng)
+      except ValueError as e:
+        # e.g. a caption with no word in the vocabulary: as unusable as an empty one.
+        raise BadRecordError(self.dataset, str(record.get("key", index)),
+                             f"text_transform rejected caption {caption_index} ({e})") from None
       if not isinstance(extra, dict):
         raise TypeError(f"text_transform must return a dict of arrays, got {type(extra).__name__}.")
       clash = [k for k in extra if k in out or k in _RESERVED]
@@ -108,12 +113,12 @@ class _TrainExample:
     epoch, index = step // self.local_size, self.offset + int(position)
     try:
       record = self.maker.record(index)
+      return self.maker.example(record, index, np.random.default_rng([self.seed, epoch, index]))
     except BadRecordError as e:
       if not self.maker.skip_bad:
         raise
       log.warning("skipping %s", e)
       return {_BAD: str(e)}
-    return self.maker.example(record, index, np.random.default_rng([self.seed, epoch, index]))
 
 
 class _EvalExample:
@@ -132,7 +137,8 @@ class _EvalExample:
     skipped = 0
     for attempt in range(self.size):
       try:
-        record = self.maker.record(index)
+        example = self.maker.example(self.maker.record(index), index,
+                                     np.random.default_rng([self.seed, 0, index]))
         break
       except BadRecordError as e:
         if not self.maker.skip_bad:
@@ -143,7 +149,6 @@ class _EvalExample:
         index = (index + 1) % self.size
     else:
       raise ValueError(f"every record of dataset {self.maker.dataset!r} is bad; nothing to evaluate.")
-    example = self.maker.example(record, index, np.random.default_rng([self.seed, 0, index]))
     example.update(mask=np.bool_(real), num_skipped=np.int64(skipped))
     return example
 
@@ -280,6 +285,8 @@ def make_loader(
 ) -> DataIterator:
   """Training batches for this process (see the module docstring); num_epochs=None repeats forever.
 
+  text_transform(caption, rng) runs per example (in the workers) and must give the same shapes for every caption
+  (e.g. fixed-length token ids); a ValueError from it makes the record bad (error or skip, as configured).
   augment defaults to shuffle (random crop/flip as configured); process_index/process_count default to JAX's.
   The batch order depends on data_config.num_workers, so restore a state with the same worker count.
   """
