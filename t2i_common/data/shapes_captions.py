@@ -130,9 +130,6 @@ def _maybe(text: str | None, fmt: str) -> str | None:
   return None if text is None else fmt.format(text)
 
 
-NUM_TEMPLATES = 12  # distinct template forms above (6 listings, 2 regions, 4 relations)
-
-
 def make_captions(objs: Sequence[dict], background: str, count: int, rng: np.random.Generator) -> list[str]:
   """`count` captions (distinct templates while there are enough) for objects with unit-square boxes."""
   builders = _templates(objs, background, rng)

@@ -163,16 +163,15 @@ def sample_background(rng: np.random.Generator, colors: Sequence[str]) -> tuple[
 def render_scene(background: Sequence[int], objects: Sequence[dict], resolution: int) -> np.ndarray:
   """Renders objects with unit-square boxes (fractions of the image side) into a uint8 [R, R, 3] image."""
   r = resolution
-  image = np.empty((r, r, 3), np.float32)
-  image[...] = np.asarray(background, np.float32)
+  image = np.empty((r, r, 3), np.uint8)
+  image[...] = np.asarray(background, np.uint8)
   for obj in objects:
     bx0, by0, bx1, by1 = (v * r for v in obj["box"])
-    # Rasterise only in the object's own integer window: cheap at any resolution.
+    # Rasterise and blend only in the object's own integer window: cheap at any resolution.
     ix0, iy0 = max(int(math.floor(bx0)), 0), max(int(math.floor(by0)), 0)
     ix1, iy1 = min(int(math.ceil(bx1)), r), min(int(math.ceil(by1)), r)
-    alpha = coverage(obj["shape"], (bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0), ix1 - ix0, iy1 - iy0)
-    alpha = alpha[..., None]
-    region = image[iy0:iy1, ix0:ix1]
-    region *= 1.0 - alpha
-    region += alpha * np.asarray(COLORS[obj["color"]], np.float32)
-  return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    alpha = coverage(obj["shape"], (bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0), ix1 - ix0, iy1 - iy0)[..., None]
+    region = image[iy0:iy1, ix0:ix1].astype(np.float32)
+    region += alpha * (np.asarray(COLORS[obj["color"]], np.float32) - region)
+    image[iy0:iy1, ix0:ix1] = (region + 0.5).astype(np.uint8)
+  return image
