@@ -1,0 +1,57 @@
+"""Latent diffusion on the built-in shapes data: UNet + a CLIP text encoder learned jointly, on the latents of
+the VAE trained by configs/diffusion/shapes_vae.py (stage 2 of 2).
+
+    python -m diffusion_jax.train --config configs/diffusion/shapes_vae.py --workdir runs/shapes_vae
+    python -m diffusion_jax.train --config configs/diffusion/shapes_ldm.py --workdir runs/shapes_ldm \
+        --config.model.vae_path=runs/shapes_vae/vae
+
+Writes runs/shapes_ldm/pipeline (a diffusers Stable Diffusion folder: `diffusion_jax.from_pretrained` and
+diffusers' StableDiffusionPipeline read it), sample grids under runs/shapes_ldm/samples and the shapes oracle's
+scores of the samples in metrics.jsonl (sample/object_recall, ...). The README gives the figures measured on
+2 CPU cores. Variant "tiny" is the test-suite version; variant "finetune" starts from a diffusers SD folder
+(--config.model.pretrained=DIR) instead of training from scratch.
+"""
+import ml_collections
+
+from diffusion_jax.training.common import optimizer_config
+from diffusion_jax.training.ldm_trainer import ldm_model_config
+from t2i_common import config as common
+from t2i_common.data.config import data_config
+
+VARIANTS = ("", "tiny", "finetune")
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of shapes_ldm.py; use one of {VARIANTS}.")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.mesh = common.mesh_config()
+  config.distributed = common.distributed_config()
+  config.data = data_config("shapes", image_sizes=(64,))
+  config.model = ldm_model_config()
+  config.optimizer = optimizer_config(learning_rate=5e-4, warmup_steps=200)
+  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 4000})
+  config.checkpoint = common.checkpoint_config(every_steps=1000, keep=2)
+  config.logging = common.logging_config(every_steps=50, images_every_steps=2000)
+  if variant == "tiny":
+    config.data.shapes.num_train = 64
+    config.data.shapes.num_test = 16
+    config.data.image_sizes = (32,)
+    config.model.vocab.num_caption_examples = 64
+    config.model.text.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config.model.unet.update(block_out_channels=(16, 32), num_heads=(2, 2),
+                             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8)
+    config.model.sampling.update(num_images=8, steps=2)
+    config.train.batch_size = 8
+    config.train.num_steps = 4
+    config.checkpoint.every_steps = 2
+    config.logging.every_steps = 2
+    config.logging.images_every_steps = 4
+  if variant == "finetune":
+    config.model.train_text_encoder = False
+    config.model.sample_scheduler = "pndm"
+    config.optimizer.learning_rate = 1e-5
+    config.train.batch_size = 8
+  return config

@@ -1,0 +1,258 @@
+"""UNet (+ text encoder) training on the latents of a frozen VAE, with caption dropout for guidance and EMA.
+
+Two starting points (config.model):
+- from scratch (`pretrained = ""`): the VAE comes from `vae_path` (a diffusers vae/ folder, e.g. the output of
+  configs/diffusion/shapes_vae.py); a CLIP-layout BPE vocabulary is learned from the training captions and a
+  small CLIP text transformer (config.model.text) is trained jointly with the UNet (config.model.unet). Small
+  datasets such as shapes have a closed vocabulary of attribute and relation words, for which a text encoder
+  learned together with the UNet is both cheaper and better grounded than a frozen 123M-parameter CLIP.
+- fine-tuning (`pretrained = "<SD folder>"`): VAE, tokenizer, text encoder and UNet are read from a diffusers
+  Stable Diffusion folder; the text encoder is trained only if `train_text_encoder`.
+The exported pipeline folder holds the EMA weights and the sampling scheduler `sample_scheduler`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_jax import clip_vocab, convert
+from diffusion_jax.model_configs import TextConfig, UNetConfig
+from diffusion_jax.models.clip_text import CLIPTextTransformer
+from diffusion_jax.models.unet import UNet2DConditionModel
+from diffusion_jax.models.vae import AutoencoderKL
+from diffusion_jax.pipeline import Pipeline
+from diffusion_jax.schedulers import load_scheduler
+from diffusion_jax.tokenizer import CLIPTokenizer
+from diffusion_jax.training import objectives
+from diffusion_jax.training.common import batch_images, grad_norm, make_optimizer
+from t2i_common.data.loader import iterate_eval, make_source
+from t2i_common.logging import save_image_grid
+from t2i_common.train_loop import TrainState, ema_update
+
+log = logging.getLogger(__name__)
+
+TRAINABLE = ("unet", "text_encoder")
+
+
+def ldm_model_config() -> ml_collections.ConfigDict:
+  """config.model for kind="ldm" (defaults: the shapes model)."""
+  return ml_collections.ConfigDict({
+      "kind": "ldm",
+      "pretrained": "",  # a diffusers SD folder to fine-tune; "" trains from scratch
+      "vae_path": "",  # from scratch: the diffusers vae/ folder to encode images with
+      "train_text_encoder": True,
+      "prediction_type": "epsilon",
+      "caption_dropout": 0.1,
+      "ema_decay": 0.999,
+      "noise_schedule": ml_collections.ConfigDict({
+          "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+          "beta_end": 0.012}),
+      "sample_scheduler": "ddim",
+      "vocab": ml_collections.ConfigDict({"num_caption_examples": 2000, "max_merges": 2000}),
+      "text": ml_collections.ConfigDict({
+          "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
+          "max_position_embeddings": 32, "hidden_act": "gelu"}),
+      "unet": ml_collections.ConfigDict({
+          "block_out_channels": (64, 128, 128), "layers_per_block": 1, "num_heads": (4, 4, 4),
+          "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+          "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+          "norm_num_groups": 32}),
+      "sampling": ml_collections.ConfigDict({
+          "num_images": 16, "steps": 25, "guidance_scale": 4.0, "seed": 0}),
+  })
+
+
+@flax.struct.dataclass
+class LDMState(TrainState):
+  """TrainState plus the frozen VAE variables (kept in the state so that they are placed and checkpointed with
+  it, rather than baked into the compiled step as constants)."""
+  frozen: Any = None
+
+
+class LDMTrainer:
+  """init_state / train_step / text_transform / hooks / export for `t2i_common.train_loop`."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, workdir
+    m = config.model
+    if m.prediction_type not in objectives.PREDICTION_TYPES:
+      raise ValueError(f"config.model.prediction_type={m.prediction_type!r}; expected one of "
+                       f"{objectives.PREDICTION_TYPES}.")
+    if m.pretrained:
+      self._from_pretrained(m.pretrained)
+    else:
+      if not m.vae_path:
+        raise ValueError("config.model.vae_path must name a diffusers vae/ folder (train one with "
+                         "configs/diffusion/shapes_vae.py) or set config.model.pretrained to an SD folder.")
+      self.vae, self.vae_vars = convert.load_vae(m.vae_path)
+      self.tokenizer = CLIPTokenizer.from_folder(self._tokenizer_folder())
+      self.text_encoder = CLIPTextTransformer(self._text_config())
+      self.unet = UNet2DConditionModel(self._unet_config())
+      self.pretrained_vars = None
+    schedule = dict(m.noise_schedule)
+    self.train_scheduler = load_scheduler(dict(schedule, _class_name="DDPMScheduler",
+                                               prediction_type=m.prediction_type))
+    self.alphas_cumprod = jnp.asarray(self.train_scheduler.alphas_cumprod)
+    self.sample_scheduler = load_scheduler(self.train_scheduler.to_diffusers_config(), name=m.sample_scheduler)
+    self.trainable = TRAINABLE if m.train_text_encoder else ("unet",)
+    self.tx = make_optimizer(config.optimizer)
+    self._empty_ids = self.tokenizer([""]).input_ids[0]
+
+  # -- set-up ---------------------------------------------------------------------------------------------
+  def _from_pretrained(self, folder: str) -> None:
+    self.text_encoder, text_vars = convert.load_text_encoder(os.path.join(folder, "text_encoder"))
+    self.unet, unet_vars = convert.load_unet(os.path.join(folder, "unet"))
+    self.vae, self.vae_vars = convert.load_vae(os.path.join(folder, "vae"))
+    self.tokenizer = CLIPTokenizer.from_folder(os.path.join(folder, "tokenizer"))
+    self.pretrained_vars = {"unet": unet_vars["params"], "text_encoder": text_vars["params"]}
+
+  def _tokenizer_folder(self) -> str:
+    """Learns the vocabulary from the training captions once per run (the folder is reused on resume)."""
+    folder = os.path.join(self.workdir, "tokenizer")
+    if os.path.isfile(os.path.join(folder, "vocab.json")):
+      return folder
+    m = self.config.model
+    source = make_source(self.config.data, "train")
+    n = min(len(source), m.vocab.num_caption_examples)
+    words = clip_vocab.caption_words(c for i in range(n) for c in source[i]["captions"])
+    vocab, merges = clip_vocab.learn_clip_bpe(words, m.vocab.max_merges)
+    if jax.process_index() == 0:
+      clip_vocab.write_clip_tokenizer(folder, vocab, merges, model_max_length=m.text.max_position_embeddings)
+    log.info("learned a %d-token vocabulary from %d captions' %d words", len(vocab), n, len(words))
+    return folder
+
+  def _text_config(self) -> TextConfig:
+    t = self.config.model.text
+    vocab = self.tokenizer.vocab
+    return TextConfig(vocab_size=len(vocab), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                      num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+                      max_position_embeddings=t.max_position_embeddings, hidden_act=t.hidden_act,
+                      bos_token_id=vocab[clip_vocab.BOS], eos_token_id=vocab[clip_vocab.EOS],
+                      pad_token_id=vocab[clip_vocab.EOS], projection_dim=t.hidden_size)
+
+  def _unet_config(self) -> UNetConfig:
+    u = self.config.model.unet
+    latent_size = self.config.data.image_sizes[0] // self.vae_scale_factor
+    return UNetConfig(block_out_channels=tuple(u.block_out_channels), down_block_types=tuple(u.down_block_types),
+                      up_block_types=tuple(u.up_block_types), num_heads=tuple(u.num_heads),
+                      layers_per_block=u.layers_per_block, in_channels=self.vae.config.latent_channels,
+                      out_channels=self.vae.config.latent_channels,
+                      cross_attention_dim=self.config.model.text.hidden_size, norm_num_groups=u.norm_num_groups,
+                      sample_size=latent_size, heads_as_int=False)
+
+  @property
+  def vae_scale_factor(self) -> int:
+    return self.vae.config.downsample_factor
+
+  # -- data -----------------------------------------------------------------------------------------------
+  def text_transform(self, caption: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Token ids of the caption, or of the empty prompt with probability caption_dropout (for guidance)."""
+    if rng.random() < self.config.model.caption_dropout:
+      return {"input_ids": self._empty_ids}
+    return {"input_ids": self.tokenizer([caption]).input_ids[0]}
+
+  # -- training -------------------------------------------------------------------------------------------
+  def init_state(self, rng: jax.Array) -> LDMState:
+    k_unet, k_text, k_state = jax.random.split(rng, 3)
+    if self.pretrained_vars is not None:
+      params = jax.tree.map(jnp.asarray, self.pretrained_vars)
+    else:
+      params = {"unet": convert.init_variables(self.unet, k_unet)["params"],
+                "text_encoder": convert.init_variables(self.text_encoder, k_text)["params"]}
+    frozen = {"vae": self.vae_vars["params"]}
+    if "text_encoder" not in self.trainable:
+      frozen["text_encoder"] = params.pop("text_encoder")
+    frozen = jax.tree.map(jnp.asarray, frozen)
+    state = TrainState.create(params=params, tx=self.tx, rng=k_state, ema=True)
+    return LDMState(**{f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)}, frozen=frozen)
+
+  def train_step(self, state: LDMState, batch: dict) -> tuple[LDMState, dict]:
+    m = self.config.model
+    images = batch_images(batch)
+    k_latent, k_noise, k_t = jax.random.split(state.step_rng(), 3)
+    posterior = self.vae.apply({"params": state.frozen["vae"]}, images, method=AutoencoderKL.encode)
+    latents = posterior.sample(k_latent) * self.vae.config.scaling_factor
+    noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
+    t = jax.random.randint(k_t, (latents.shape[0],), 0, self.alphas_cumprod.shape[0])
+    noisy = objectives.add_noise(self.alphas_cumprod, latents, noise, t)
+    target = objectives.training_target(m.prediction_type, self.alphas_cumprod, latents, noise, t)
+
+    def loss_fn(params):
+      text_params = params["text_encoder"] if "text_encoder" in params else state.frozen["text_encoder"]
+      context = self.text_encoder.apply({"params": text_params}, batch["input_ids"])["last_hidden_state"]
+      prediction = self.unet.apply({"params": params["unet"]}, noisy, t, context)
+      return objectives.mse(prediction, target)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    state = state.apply_gradients(grads, ema_decay=m.ema_decay)
+    return state, {"loss": loss, "grad_norm": grad_norm(grads)}
+
+  # -- sampling, hooks, export ----------------------------------------------------------------------------
+  def pipeline(self, state: LDMState, use_ema: bool = True) -> Pipeline:
+    params = jax.device_get(state.ema_params if use_ema else state.params)
+    frozen = jax.device_get(state.frozen)
+    text = params["text_encoder"] if "text_encoder" in params else frozen["text_encoder"]
+    return Pipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, unet=self.unet, vae=self.vae,
+                    scheduler=self.sample_scheduler,
+                    params={"text_encoder": {"params": text}, "unet": {"params": params["unet"]},
+                            "vae": {"params": frozen["vae"]}},
+                    source=self.config.model.pretrained or None)
+
+  def hooks(self, workdir: str) -> list:
+    return [SampleHook(self, workdir, self.config.logging.images_every_steps)]
+
+  def export(self, state: LDMState, folder: str) -> dict[str, Any]:
+    """Writes the EMA pipeline as a diffusers folder, samples test captions with it and scores them."""
+    pipe = self.pipeline(state)
+    pipe.save_pretrained(folder)
+    if not self.config.model.pretrained:  # keep the learned vocabulary's files exactly as written
+      for name in os.listdir(self._tokenizer_folder()):
+        with open(os.path.join(self._tokenizer_folder(), name), "rb") as src, \
+             open(os.path.join(folder, "tokenizer", name), "wb") as dst:
+          dst.write(src.read())
+    metrics = SampleHook(self, self.workdir, 1).sample_and_score(pipe, "final")
+    log.info("pipeline written to %s; samples: %s", folder, metrics)
+    return {"pipeline": folder, **metrics}
+
+
+class SampleHook:
+  """Samples fixed test captions with the EMA weights, writes a captioned grid, and scores the samples with
+  the shapes oracle when the data is shapes (sample/object_recall, sample/object_precision, sample/all_present)."""
+
+  def __init__(self, trainer: LDMTrainer, workdir: str, every_steps: int):
+    self.trainer, self.every_steps = trainer, every_steps
+    self.out_dir = os.path.join(workdir, "samples")
+    s = trainer.config.model.sampling
+    data = trainer.config.data
+    batch = next(iter(iterate_eval(data, "test", s.num_images, seed=s.seed)))
+    self.captions: list[str] = [str(c) for c in batch["caption"]]
+    self.objects: list | None = None
+    if data.name == "shapes":
+      source = make_source(data, "test")
+      self.objects = [source[int(i)]["objects"] for i in batch["index"]]
+
+  def sample_and_score(self, pipe: Pipeline, tag: str) -> dict[str, float]:
+    s = self.trainer.config.model.sampling
+    images = pipe(self.captions, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                  seeds=list(range(s.seed, s.seed + len(self.captions))))
+    uint8 = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+    save_image_grid(uint8, os.path.join(self.out_dir, f"{tag}.png"), captions=self.captions)
+    metrics: dict[str, float] = {}
+    if self.objects is not None:
+      from t2i_common.data.shapes_oracle import score
+      result = score(list(uint8), self.objects)
+      metrics = {f"sample/{k}": float(v) for k, v in result.items() if k != "num_images"}
+    return metrics
+
+  def __call__(self, state: LDMState, step: int, writer) -> None:
+    metrics = self.sample_and_score(self.trainer.pipeline(state), f"step_{step:07d}")
+    if metrics:
+      writer.write_scalars(step, metrics)
