@@ -142,3 +142,4 @@ def test_damsm_text_transform_plugs_in():
   strict = text.TextTransform(text.Vocabulary(["<end>", "zebra"]), words_num=6)
   with pytest.raises(BadRecordError, match="text_transform rejected caption"):
     next(make_loader(config, "train", global_batch_size=4, seed=0, text_transform=strict, **SINGLE))
+
