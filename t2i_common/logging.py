@@ -32,6 +32,24 @@ def _to_float(name: str, value: Any) -> float:
   return float(array.reshape(()))
 
 
+def _summary_writer_class():
+  """tensorboardX.SummaryWriter, imported without pulling in PyTorch.
+
+  tensorboardX imports torch at module load when it is installed (only for add_graph and torch tensors, which
+  we never use); that costs seconds and hundreds of MB in every training process, so hide torch meanwhile.
+  """
+  import sys
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Scalars and images to TensorBoard and metrics.jsonl; a no-op on every process but 0."""
 
@@ -41,7 +59,7 @@ class MetricWriter:
     self._tb = None
     self._jsonl: IO[str] | None = None
     if self.enabled:
-      from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
+      SummaryWriter = _summary_writer_class()  # imported lazily: only process 0 needs it
       os.makedirs(workdir, exist_ok=True)
       self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")

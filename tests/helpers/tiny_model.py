@@ -68,6 +68,31 @@ def train_step(state: train_loop.TrainState, batch, width: int = 64):
   return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
+def local_rows(mesh, global_size: int) -> np.ndarray:
+  """Indices of the global batch rows that this process's devices hold (what it must load itself)."""
+  from t2i_common import parallel
+  index_map = parallel.batch_sharding(mesh).addressable_devices_indices_map((global_size,))
+  starts = sorted({idx[0].start or 0 for idx in index_map.values()})
+  per_device = global_size // mesh.size
+  return np.concatenate([np.arange(s, s + per_device) for s in starts])
+
+
+def sharded_steps(mesh, steps: int = 3, batch_size: int = 16):
+  """`steps` jitted, donated steps on `mesh` from the same global batches whatever the process layout;
+  returns (state, final params gathered to numpy on every process, last loss)."""
+  from jax.experimental import multihost_utils
+  from t2i_common import parallel
+  state, shardings = parallel.sharded_init(init_state, mesh, jax.random.key(0), min_size=256)
+  data = make_data(batch_size * steps, seed=1)
+  rows = local_rows(mesh, batch_size)
+  step = jax.jit(train_step, out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+  for i in range(steps):
+    local = {k: v[batch_size * i:batch_size * (i + 1)][rows] for k, v in data.items()}
+    state, metrics = step(state, parallel.global_batch(local, mesh))
+  params = multihost_utils.process_allgather(state.params, tiled=True)
+  return state, jax.tree.map(np.asarray, params), float(np.asarray(metrics["loss"].addressable_data(0)))
+
+
 def tiny_config(num_steps: int = 12, width: int = 64, data: int = 4, fsdp: int = 2) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict({
       "seed": 0,
@@ -126,6 +151,11 @@ def main(argv=None) -> int:
   parser.add_argument("--sleep", type=float, default=0.0)
   parser.add_argument("--width", type=int, default=64)
   args = parser.parse_args(argv)
+  if os.environ.get("TINY_MODEL_CACHE_DIR"):
+    # The interruption test restarts this trainer several times: reuse the first run's compiled step.
+    jax.config.update("jax_compilation_cache_dir", os.environ["TINY_MODEL_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   loop, state = run(args.workdir, tiny_config(args.num_steps, args.width), hooks=[PrintStep(args.sleep)])
   if loop.preempted:
     print(f"PREEMPTED {loop.step}", flush=True)
