@@ -225,7 +225,9 @@ class LDMTrainer:
 
 class SampleHook:
   """Samples fixed test captions with the EMA weights, writes a captioned grid, and scores the samples with
-  the shapes oracle when the data is shapes (sample/object_recall, sample/object_precision, sample/all_present)."""
+  the shapes oracle when the data is shapes (sample/object_recall, sample/object_precision, sample/all_present).
+  Not run after the last step: `LDMTrainer.export` samples the final weights."""
+  at_end = False
 
   def __init__(self, trainer: LDMTrainer, workdir: str, every_steps: int):
     self.trainer, self.every_steps = trainer, every_steps

@@ -1,0 +1,73 @@
+"""End to end: the shapes VAE and LDM trainers (tiny configs) write a pipeline that loads and samples."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from t2i_common.config import load_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  from diffusion_jax.train import train_and_evaluate
+  root = tmp_path_factory.mktemp("shapes_diffusion")
+  vae_cfg = load_config("configs/diffusion/shapes_vae.py:tiny")
+  vae = train_and_evaluate(vae_cfg, str(root / "vae_run"))
+  ldm_cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", [f"model.vae_path={vae['vae']}"])
+  ldm = train_and_evaluate(ldm_cfg, str(root / "ldm_run"))
+  return root, vae, ldm
+
+
+def test_vae_run_writes_diffusers_vae_with_measured_scale(trained):
+  root, vae, _ = trained
+  with open(os.path.join(vae["vae"], "config.json")) as f:
+    config = json.load(f)
+  assert config["_class_name"] == "AutoencoderKL"
+  assert config["scaling_factor"] == pytest.approx(vae["scaling_factor"])
+  assert np.isfinite(vae["scaling_factor"]) and vae["scaling_factor"] > 0
+  assert os.listdir(root / "vae_run" / "reconstructions")
+  lines = [json.loads(l) for l in open(root / "vae_run" / "metrics.jsonl")]
+  assert any("rec_loss" in l for l in lines) and any("disc_loss" in l for l in lines)
+
+
+def test_ldm_run_exports_a_pipeline_that_samples(trained):
+  from diffusion_jax import from_pretrained
+  root, _, ldm = trained
+  assert ldm["step"] == 4
+  for key in ("sample/object_recall", "sample/object_precision", "sample/all_present"):
+    assert 0.0 <= ldm[key] <= 1.0
+  assert os.path.isfile(root / "ldm_run" / "samples" / "final.png")
+  pipe = from_pretrained(ldm["pipeline"])
+  images = pipe(["a red circle", "a small blue star"], num_inference_steps=2, guidance_scale=3.0, seeds=[0, 1])
+  assert images.shape == (2, 32, 32, 3) and np.all(np.isfinite(images))
+  # The vocabulary learned from the training captions keeps each of their words one token.
+  from diffusion_jax.clip_vocab import caption_words
+  from t2i_common.data.loader import make_source
+  caption = make_source(load_config("configs/diffusion/shapes_ldm.py:tiny").data, "train")[0]["captions"][0]
+  num_words = sum(caption_words([caption]).values())
+  assert pipe.tokenizer([caption]).lengths[0] == num_words + 2
+
+
+def test_ldm_pipeline_reads_in_diffusers(trained):
+  pytest.importorskip("torch", reason="the parity extra (torch, diffusers) is not installed")
+  diffusers = pytest.importorskip("diffusers")
+  _, _, ldm = trained
+  pipe = diffusers.StableDiffusionPipeline.from_pretrained(ldm["pipeline"], safety_checker=None,
+                                                           requires_safety_checker=False)
+  out = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="np", height=32, width=32)
+  assert out.images.shape == (1, 32, 32, 3)
+
+
+def test_ldm_needs_a_vae(tmp_path):
+  from diffusion_jax.train import train_and_evaluate
+  cfg = load_config("configs/diffusion/shapes_ldm.py:tiny")
+  with pytest.raises(ValueError, match="vae_path"):
+    train_and_evaluate(cfg, str(tmp_path))
+
+
+def test_unknown_prediction_type_fails(tmp_path):
+  from diffusion_jax.train import train_and_evaluate
+  cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", ["model.prediction_type=x0", "model.vae_path=/nope"])
+  with pytest.raises(ValueError, match="prediction_type"):
+    train_and_evaluate(cfg, str(tmp_path))
