@@ -15,7 +15,8 @@ NUM_STEPS = 12
 
 def _start(workdir):
   env = dict(os.environ, TINY_MODEL_CACHE_DIR=str(workdir.parent / "jax_cache"))
-  return subprocess.Popen([sys.executable, TRAINER, str(workdir), str(NUM_STEPS), "--sleep", "0.15"],
+  return subprocess.Popen([sys.executable, TRAINER, str(workdir), str(NUM_STEPS), "--sleep", "0.1",
+                           "--checkpoint-every", "6"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -37,18 +38,18 @@ def _steps_seen(lines):
 
 def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path):
   workdir = tmp_path / "interrupted"
-  # 1) SIGTERM at step 4: the loop finishes the step, saves it and returns; the process exits 0.
+  # 1) SIGTERM at step 2: the loop finishes the step, saves it and returns; the process exits 0.
   proc = _start(workdir)
-  lines = _run_until(proc, 4, signal.SIGTERM)
+  lines = _run_until(proc, 2, signal.SIGTERM)
   assert proc.returncode == 0, "\n".join(lines[-40:])
   stopped = [int(l.split()[1]) for l in lines if l.startswith("PREEMPTED ")]
   assert stopped, "\n".join(lines[-40:])
-  assert 4 <= stopped[0] < NUM_STEPS
+  assert 2 <= stopped[0] < 6
   assert Checkpointer(workdir).latest_step() == stopped[0]
 
-  # 2) Resume, then SIGKILL mid-run (maybe during an asynchronous save): no chance to clean up.
+  # 2) Resume, then SIGKILL mid-run, just after the asynchronous save of step 6 started: no chance to clean up.
   proc = _start(workdir)
-  lines = _run_until(proc, stopped[0] + 4, signal.SIGKILL)
+  lines = _run_until(proc, 7, signal.SIGKILL)
   assert proc.returncode == -signal.SIGKILL
   assert _steps_seen(lines)[0] == stopped[0] + 1  # resumed after the saved step, not from scratch
   killed_latest = Checkpointer(workdir).latest_step()

@@ -101,7 +101,7 @@ def tiny_config(num_steps: int = 12, width: int = 64, data: int = 4, fsdp: int =
       "data": {"name": "tiny", "num_examples": 64, "data_dir": ""},
       "model": {"width": width},
       "train": {"batch_size": 16, "num_steps": num_steps},
-      "checkpoint": config_lib.checkpoint_config(every_steps=3, keep=2),
+      "checkpoint": config_lib.checkpoint_config(every_steps=4, keep=2),
       "logging": config_lib.logging_config(every_steps=2),
   })
   config.mesh.min_fsdp_size = 256  # small enough that the tiny kernels are really split over fsdp
@@ -150,13 +150,16 @@ def main(argv=None) -> int:
   parser.add_argument("num_steps", type=int)
   parser.add_argument("--sleep", type=float, default=0.0)
   parser.add_argument("--width", type=int, default=64)
+  parser.add_argument("--checkpoint-every", type=int, default=4)
   args = parser.parse_args(argv)
   if os.environ.get("TINY_MODEL_CACHE_DIR"):
     # The interruption test restarts this trainer several times: reuse the first run's compiled step.
     jax.config.update("jax_compilation_cache_dir", os.environ["TINY_MODEL_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  loop, state = run(args.workdir, tiny_config(args.num_steps, args.width), hooks=[PrintStep(args.sleep)])
+  config = tiny_config(args.num_steps, args.width)
+  config.checkpoint.every_steps = args.checkpoint_every
+  loop, state = run(args.workdir, config, hooks=[PrintStep(args.sleep)])
   if loop.preempted:
     print(f"PREEMPTED {loop.step}", flush=True)
     return 0
