@@ -1,0 +1,386 @@
+"""Text-to-image sampling with a Stable-Diffusion-style latent diffusion model, as one jitted function.
+
+    pipe = diffusion_jax.from_pretrained("path/to/sd-folder", dtype=jnp.bfloat16, scheduler="ddim")
+    images = pipe(["a red cat", "a blue dog"], negative_prompt="blurry", num_inference_steps=30, seeds=[0, 1])
+    pipe.save_pretrained("copy")          # the same diffusers layout; diffusers and from_pretrained read it
+
+One call runs text encoding, the whole classifier-free-guided denoising loop (`lax.fori_loop` over the
+scheduler's steps, [uncond, cond] concatenated into one UNet batch) and the VAE decode in a single compiled
+function, cached per static shape (batch, resolution, steps, scheduler). The batch is split over a ("data",
+"fsdp") device mesh; parameters are replicated.
+
+Numerics follow diffusers' StableDiffusionPipeline: prompts padded to the tokenizer's max length, text
+embeddings = the text encoder's last hidden state, initial latents (NCHW, as diffusers) multiplied by the
+scheduler's init_noise_sigma, latents divided by the VAE scaling factor before decoding, images (x / 2 + 0.5)
+clipped to [0, 1]. Latents and scheduler arithmetic stay float32 whatever the model dtype.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from diffusion_jax import convert
+from diffusion_jax.schedulers import Scheduler, SchedulerState, load_scheduler
+from diffusion_jax.tokenizer import CLIPTokenizer
+
+log = logging.getLogger(__name__)
+
+# A per-step latent update run before each guided step (Attend-and-Excite):
+# fn(params, latents_nhwc, step_index, timestep, cond_embeddings) -> latents_nhwc. Traced inside the loop.
+LatentUpdateFn = Callable[[Any, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
+          "float16": jnp.float16, "fp16": jnp.float16}
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def resolve_dtype(dtype: Any) -> Any:
+  """jnp dtype from a name ("bf16", "float32", ...) or a dtype."""
+  if isinstance(dtype, str):
+    if dtype not in DTYPES:
+      raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    raise ValueError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16.")
+  return dtype
+
+
+# ---- device mesh ---------------------------------------------------------------------------------------
+def _make_mesh(devices: Sequence[Any]) -> jax.sharding.Mesh:
+  try:
+    from t2i_common.parallel import create_mesh
+  except ImportError:  # keeps the pipeline usable without the training infrastructure
+    return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
+  return create_mesh({"data": -1, "fsdp": 1}, devices=devices)
+
+
+def _batch_spec(mesh: jax.sharding.Mesh) -> P:
+  return P(tuple(mesh.axis_names))
+
+
+# ---- the pipeline --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Pipeline:
+  """Tokenizer, text encoder, UNet, VAE and scheduler with their parameters (see the module docstring).
+
+  params: {"text_encoder": variables, "unet": variables, "vae": variables}, each {"params": tree}.
+  """
+  tokenizer: Any
+  text_encoder: Any
+  unet: Any
+  vae: Any
+  scheduler: Scheduler
+  params: dict[str, Any]
+  dtype: Any = jnp.float32
+  model_index: dict[str, Any] = dataclasses.field(default_factory=dict)
+  source: Optional[str] = None
+  devices: Optional[Sequence[Any]] = None
+  # Timings of the last call {"compile_s", "run_s", "num_model_evals"}.
+  _placed: dict = dataclasses.field(default_factory=dict, repr=False)
+  last_timings: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  # ---- properties -------------------------------------------------------------------------------------
+  @property
+  def vae_scale_factor(self) -> int:
+    return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+  @property
+  def latent_channels(self) -> int:
+    return self.unet.config.in_channels
+
+  @property
+  def default_size(self) -> int:
+    return self.unet.config.sample_size * self.vae_scale_factor
+
+  def with_scheduler(self, scheduler: Union[str, Scheduler]) -> "Pipeline":
+    """The same models and parameters with another scheduler (a name such as "ddim", or an instance)."""
+    if isinstance(scheduler, str):
+      scheduler = load_scheduler(self.scheduler.to_diffusers_config(), name=scheduler)
+    return dataclasses.replace(self, scheduler=scheduler, last_timings={})
+
+  # ---- traced building blocks (usable inside any jit) ------------------------------------------------
+  def encode_text(self, params: dict, input_ids: jax.Array) -> jax.Array:
+    """[B, T] token ids -> [B, T, D] text embeddings (last hidden state, as SD pipelines use)."""
+    return self.text_encoder.apply(params["text_encoder"], input_ids)["last_hidden_state"]
+
+  def unet_apply(self, params: dict, latents: jax.Array, timestep: jax.Array, context: jax.Array,
+                 **kwargs: Any) -> Any:
+    """UNet on NHWC latents (kwargs, e.g. capture_cross_attn_at / mutable, go to the module)."""
+    return self.unet.apply(params["unet"], latents, timestep, context, **kwargs)
+
+  def denoise(self, params: dict, latents: jax.Array, cond: jax.Array, uncond: Optional[jax.Array],
+              scheduler_state: SchedulerState, *, guidance_scale: Union[float, jax.Array] = 7.5,
+              latent_update_fn: Optional[LatentUpdateFn] = None, noise_key: Optional[jax.Array] = None,
+              sharding: Optional[NamedSharding] = None) -> jax.Array:
+    """The guided sampling loop on NHWC float32 latents (already scaled by init_noise_sigma); traced.
+
+    cond / uncond: [B, T, D] text embeddings; uncond None means no classifier-free guidance.
+    latent_update_fn: optional per-step update of the latents before the guided step (Attend-and-Excite).
+    noise_key: PRNG key for stochastic schedulers (DDPM, DDIM with eta > 0); fold_in(key, step) per step.
+    sharding: NamedSharding kept on the latents inside the loop.
+    """
+    sched = self.scheduler
+    if scheduler_state.stochastic and noise_key is None:
+      raise ValueError(f"{type(sched).__name__} is stochastic here: pass noise_key.")
+    context = cond if uncond is None else jnp.concatenate([uncond, cond], axis=0)
+    constrain = (lambda x: jax.lax.with_sharding_constraint(x, sharding)) if sharding is not None else (lambda x: x)
+
+    def body(i, carry):
+      latents, state = carry
+      t = state.timesteps[i]
+      if latent_update_fn is not None:
+        latents = constrain(latent_update_fn(params, latents, i, t, cond))
+      model_in = sched.scale_model_input(state, latents, i)
+      if uncond is not None:
+        model_in = jnp.concatenate([model_in, model_in], axis=0)
+      out = self.unet_apply(params, model_in, t, context)
+      if uncond is not None:
+        out_uncond, out_cond = jnp.split(out, 2, axis=0)
+        out = out_uncond + guidance_scale * (out_cond - out_uncond)
+      noise = None
+      if state.stochastic:
+        noise = jax.random.normal(jax.random.fold_in(noise_key, i), latents.shape, jnp.float32)
+      latents, state = sched.step(state, out.astype(jnp.float32), i, latents, noise=noise)
+      return constrain(latents), state
+
+    latents, _ = jax.lax.fori_loop(0, scheduler_state.num_steps, body, (constrain(latents), scheduler_state))
+    return latents
+
+  def decode(self, params: dict, latents: jax.Array) -> jax.Array:
+    """NHWC latents -> images [B, H, W, 3] float32 in [0, 1]."""
+    cfg = self.vae.config
+    z = latents / cfg.scaling_factor
+    if getattr(cfg, "shift_factor", None):
+      z = z + cfg.shift_factor
+    images = self.vae.apply(params["vae"], z, method=type(self.vae).decode)
+    return jnp.clip(images.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0)
+
+  # ---- host-side helpers -----------------------------------------------------------------------------
+  def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+    """Prompts -> int32 [B, max_length] ids, padded and truncated as SD pipelines do."""
+    return self.tokenizer(list(prompts)).input_ids
+
+  def initial_noise(self, seeds: Sequence[int], height: int, width: int) -> np.ndarray:
+    """Standard normal NCHW latents, one independent PRNG stream per seed (so an image depends on its seed
+    only, not on its position in the batch)."""
+    shape = (self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+    keys = jnp.stack([jax.random.key_data(jax.random.key(int(s))) for s in seeds])
+    noise = _noise_fn(shape)(keys)
+    return np.asarray(noise)
+
+  def _mesh_for(self, batch: int) -> jax.sharding.Mesh:
+    """The largest set of devices that divides the batch evenly (all of them for a multiple of their count)."""
+    devices = list(self.devices if self.devices is not None else jax.devices())
+    n = max(d for d in range(1, len(devices) + 1) if batch % d == 0)
+    if n < len(devices):
+      log.info("batch %d uses %d of %d devices (make it a multiple of %d to use all).", batch, n, len(devices),
+               len(devices))
+    return _make_mesh(devices[:n])
+
+  def _placed_params(self, mesh: jax.sharding.Mesh) -> dict:
+    key = tuple(d.id for d in mesh.devices.flat)
+    if key not in self._placed:
+      self._placed.clear()  # keep one copy on devices
+      self._placed[key] = jax.device_put(self.params, NamedSharding(mesh, P()))
+    return self._placed[key]
+
+  def _static_key(self) -> tuple:
+    """What the compiled sampler depends on besides shapes: model configs and dtypes, the scheduler."""
+    models = tuple((type(m).__name__, m.config, jnp.dtype(m.dtype).name, jnp.dtype(m.param_dtype).name)
+                   for m in (self.text_encoder, self.unet, self.vae))
+    sched = (self.scheduler.CLASS_NAME, json.dumps(self.scheduler.config, sort_keys=True))
+    return models + (sched,)
+
+  def _sampler(self, key: tuple, mesh: jax.sharding.Mesh, example_args: tuple, cfg: bool,
+               latent_update_fn: Optional[LatentUpdateFn]):
+    """Compiled sampler for one static configuration (lowered and compiled ahead of time, timed apart).
+
+    Cached process-wide: pipelines with the same model configs and scheduler (e.g. the same folder loaded
+    twice, or after with_scheduler) share executables; parameters are arguments, never baked in.
+    """
+    key = self._static_key() + key
+    if key in _COMPILED:
+      return _COMPILED[key], 0.0
+    batch_sharding = NamedSharding(mesh, _batch_spec(mesh))
+
+    def sample(params, ids, uncond_ids, latents_nchw, state, guidance_scale, noise_key):
+      if cfg:  # one text-encoder pass over [uncond; cond]
+        uncond, cond = jnp.split(self.encode_text(params, jnp.concatenate([uncond_ids, ids])), 2)
+      else:
+        cond, uncond = self.encode_text(params, ids), None
+      latents = jnp.transpose(latents_nchw, (0, 2, 3, 1)) * state.init_noise_sigma
+      latents = self.denoise(params, latents, cond, uncond, state, guidance_scale=guidance_scale,
+                             latent_update_fn=latent_update_fn, noise_key=noise_key, sharding=batch_sharding)
+      return self.decode(params, latents)
+
+    start = time.perf_counter()
+    compiled = jax.jit(sample, out_shardings=batch_sharding).lower(*example_args).compile()
+    if len(_COMPILED) >= _MAX_COMPILED:
+      _COMPILED.pop(next(iter(_COMPILED)))  # drop the oldest
+    _COMPILED[key] = compiled
+    return compiled, time.perf_counter() - start
+
+  # ---- the diffusers-like call -----------------------------------------------------------------------
+  def __call__(self, prompt: Union[str, Sequence[str]], negative_prompt: Union[None, str, Sequence[str]] = None,
+               num_inference_steps: int = 50, guidance_scale: float = 7.5, height: Optional[int] = None,
+               width: Optional[int] = None, seeds: Union[None, int, Sequence[int]] = None,
+               latents: Optional[np.ndarray] = None, num_images_per_prompt: int = 1, *, eta: float = 0.0,
+               noise_seed: int = 0, latent_update_fn: Optional[LatentUpdateFn] = None) -> np.ndarray:
+    """Generates images: float32 numpy [B, H, W, 3] in [0, 1], B = len(prompts) * num_images_per_prompt.
+
+    seeds: one int per image (or a single int s, meaning s, s + 1, ...); default 0, 1, ... .
+    latents: explicit initial noise [B, C, H/8, W/8] (NCHW, as diffusers), instead of seeds.
+    guidance_scale <= 1 disables classifier-free guidance (no unconditional pass), as in diffusers.
+    eta: DDIM's noise weight. noise_seed: seeds the per-step noise of stochastic schedulers.
+    latent_update_fn: see `denoise`; part of the compiled function's cache key (pass the same object).
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+      raise ValueError("prompt must be a string or a non-empty list of strings.")
+    if num_images_per_prompt < 1:
+      raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}.")
+    if negative_prompt is None:
+      negatives = [""] * len(prompts)
+    elif isinstance(negative_prompt, str):
+      negatives = [negative_prompt] * len(prompts)
+    else:
+      negatives = list(negative_prompt)
+      if len(negatives) != len(prompts):
+        raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; give one per "
+                         "prompt or a single string.")
+    height = height or self.default_size
+    width = width or self.default_size
+    unit = self.vae_scale_factor * self.unet.config.downsample_factor
+    if height % unit or width % unit:
+      raise ValueError(f"height and width must be multiples of {unit} (VAE factor {self.vae_scale_factor} x "
+                       f"UNet factor {self.unet.config.downsample_factor}); got {height} x {width}.")
+    batch = len(prompts) * num_images_per_prompt
+    # Prompt i's images are consecutive, as diffusers' repeat(num_images_per_prompt).
+    ids = np.repeat(self.tokenize(prompts), num_images_per_prompt, axis=0)
+    uncond_ids = np.repeat(self.tokenize(negatives), num_images_per_prompt, axis=0)
+    latent_shape = (batch, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+    if latents is not None:
+      if seeds is not None:
+        raise ValueError("give either seeds or latents, not both.")
+      latents = np.asarray(latents, np.float32)
+      if latents.shape != latent_shape:
+        raise ValueError(f"latents have shape {latents.shape}; expected {latent_shape} (NCHW: batch = prompts x "
+                         f"num_images_per_prompt, channels, height / {self.vae_scale_factor}, width / "
+                         f"{self.vae_scale_factor}).")
+    else:
+      if seeds is None:
+        seeds = list(range(batch))
+      elif isinstance(seeds, (int, np.integer)):
+        seeds = [int(seeds) + i for i in range(batch)]
+      seeds = list(seeds)
+      if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for {batch} images ({len(prompts)} prompts x "
+                         f"{num_images_per_prompt} per prompt); give one seed per image or a single int.")
+      latents = self.initial_noise(seeds, height, width)
+
+    sched_kwargs = {"eta": eta} if eta else {}
+    state = self.scheduler.set_timesteps(num_inference_steps, (batch,) + latent_shape[2:] + latent_shape[1:2],
+                                         **sched_kwargs)
+    cfg = guidance_scale > 1.0
+    mesh = self._mesh_for(batch)
+    params = self._placed_params(mesh)
+    batch_sharding = NamedSharding(mesh, _batch_spec(mesh))
+    args = (params, jax.device_put(ids, batch_sharding), jax.device_put(uncond_ids, batch_sharding),
+            jax.device_put(latents, batch_sharding), state, jnp.float32(guidance_scale),
+            jax.random.key(noise_seed))
+    key = (batch, height, width, num_inference_steps, state.stochastic, cfg, latent_update_fn,
+           tuple(d.id for d in mesh.devices.flat))
+    compiled, compile_s = self._sampler(key, mesh, args, cfg, latent_update_fn)
+    start = time.perf_counter()
+    images = np.asarray(jax.block_until_ready(compiled(*args)))
+    self.last_timings = {"compile_s": compile_s, "run_s": time.perf_counter() - start,
+                         "num_model_evals": state.num_steps}
+    return images
+
+  # ---- saving ----------------------------------------------------------------------------------------
+  def save_pretrained(self, path: str) -> str:
+    """Writes a diffusers-format folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+    os.makedirs(path, exist_ok=True)
+    host = jax.device_get(self.params)
+    convert.save_unet(os.path.join(path, "unet"), self.unet, host["unet"])
+    convert.save_vae(os.path.join(path, "vae"), self.vae, host["vae"])
+    convert.save_text_encoder(os.path.join(path, "text_encoder"), self.text_encoder, host["text_encoder"])
+    self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
+    self.tokenizer.save(os.path.join(path, "tokenizer"))
+    index = dict(self.model_index) or _default_model_index()
+    index["scheduler"] = ["diffusers", self.scheduler.CLASS_NAME]
+    with open(os.path.join(path, "model_index.json"), "w") as f:
+      json.dump(index, f, indent=2, sort_keys=True)
+    return path
+
+
+def _noise_fn(shape: tuple[int, ...]):
+  """Jitted: [B, key_data] -> [B, *shape] standard normal, one stream per key (cached per shape)."""
+  if shape not in _NOISE_FNS:
+    _NOISE_FNS[shape] = jax.jit(jax.vmap(lambda k: jax.random.normal(jax.random.wrap_key_data(k), shape)))
+  return _NOISE_FNS[shape]
+
+
+_NOISE_FNS: dict = {}
+# Compiled samplers, process-wide (see Pipeline._sampler).
+_COMPILED: dict = {}
+_MAX_COMPILED = 16
+
+
+def _default_model_index() -> dict:
+  return {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+          "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+          "safety_checker": [None, None], "text_encoder": ["transformers", "CLIPTextModel"],
+          "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+          "vae": ["diffusers", "AutoencoderKL"]}
+
+
+def from_pretrained(path: str, dtype: Any = jnp.float32, scheduler: Union[None, str, Scheduler] = None, *,
+                    param_dtype: Any = None, devices: Optional[Sequence[Any]] = None) -> Pipeline:
+  """Reads a diffusers Stable Diffusion folder into a Pipeline.
+
+  dtype: compute dtype of the three models (float32, bfloat16, float16 or their names). param_dtype: storage
+  dtype of the weights (default: dtype, as diffusers' torch_dtype). With float16 and the VAE config's
+  force_upcast, the VAE runs in float32 as in diffusers. scheduler: None (the folder's scheduler), a name
+  ("ddim", "pndm", "euler", "dpm++2m", "ddpm") or a Scheduler. devices: the devices to shard the batch over.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path!r} is not a directory; expected a diffusers pipeline folder "
+                            f"(model_index.json, {', '.join(_COMPONENTS)}/).")
+  missing = [c for c in _COMPONENTS if not os.path.isdir(os.path.join(path, c))]
+  if missing:
+    raise FileNotFoundError(f"{path!r} lacks {', '.join(c + '/' for c in missing)}; a diffusers Stable Diffusion "
+                            "folder (as written by StableDiffusionPipeline.save_pretrained) is expected.")
+  index_file = os.path.join(path, "model_index.json")
+  model_index = {}
+  if os.path.isfile(index_file):
+    with open(index_file) as f:
+      model_index = json.load(f)
+  dtype = resolve_dtype(dtype)
+  param_dtype = resolve_dtype(param_dtype) if param_dtype is not None else dtype
+  text_encoder, text_vars = convert.load_text_encoder(os.path.join(path, "text_encoder"), dtype,
+                                                      param_dtype=param_dtype)
+  unet, unet_vars = convert.load_unet(os.path.join(path, "unet"), dtype, param_dtype=param_dtype)
+  vae_dtype = dtype
+  vae, vae_vars = convert.load_vae(os.path.join(path, "vae"), dtype, param_dtype=param_dtype)
+  if jnp.dtype(dtype) == jnp.float16 and getattr(vae.config, "force_upcast", False):
+    vae_dtype = jnp.float32  # SD's VAE overflows in float16; diffusers upcasts it too
+    vae, vae_vars = convert.load_vae(os.path.join(path, "vae"), vae_dtype, param_dtype=jnp.float32)
+  if not isinstance(scheduler, Scheduler):
+    scheduler = load_scheduler(path, name=scheduler)
+  tokenizer = CLIPTokenizer.from_folder(os.path.join(path, "tokenizer"))
+  params = {"text_encoder": text_vars, "unet": unet_vars, "vae": vae_vars}
+  return Pipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler,
+                  params=params, dtype=dtype, model_index=model_index, source=os.path.abspath(path),
+                  devices=devices)
