@@ -131,7 +131,7 @@ def text_encoder_from_config(config: dict) -> TextEncoder:
 
 def image_encoder_from_config(config: dict) -> ImageEncoder:
   return ImageEncoder(embed_dim=config["embed_dim"], backbone=config.get("backbone", "inception_v3"),
-                      input_size=config.get("input_size", 299))
+                      input_size=config.get("input_size", 299), small_cnn_width=config.get("small_cnn_width", 32))
 
 
 def inception_from_config(config: dict) -> InceptionV3:
@@ -142,7 +142,7 @@ def _template(model, kind: str) -> Any:
   if kind == "text_encoder":
     args = (jnp.zeros((1, 2), jnp.int32), jnp.ones((1,), jnp.int32))
   else:
-    args = (jnp.zeros((1, 75, 75, 3), jnp.float32),)
+    args = (jnp.zeros((1, 80, 80, 3), jnp.float32),)  # >= 75 (Inception) and divisible by 16 (small CNN)
   return abstract_params(model, *args)
 
 

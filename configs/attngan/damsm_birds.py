@@ -1,0 +1,32 @@
+"""DAMSM on CUB-200-2011 birds with the reference hyperparameters (code/cfg/DAMSM/bird.yml).
+
+    python -m attngan_jax.convert_torch --kind inception --src inception_v3_google-0cc3c7bd.pth --out weights/inception
+    python -m attngan_jax.pretrain_damsm --config configs/attngan/damsm_birds.py --workdir runs/damsm_birds \
+        --config.model.pretrained_backbone=weights/inception --config.data.data_dir=DATA \
+        --config.model.text_encoder.vocab_file=birds/captions.pickle
+
+Batch 48, Adam(0.5, 0.999) lr 0.002 x0.98 per epoch down to lr/10, gammas 4/5/10, WORDS_NUM 18, 299 px images,
+frozen ImageNet Inception-v3. The reference trains 600 epochs (8,855 images / 48 = 184 steps per epoch, about
+110k steps). Use the released captions.pickle as the vocabulary to stay id-compatible with released encoders.
+Variant "tiny": a few steps with a trainable Inception at small size (smoke test; not run by the suite on CPU).
+"""
+import ml_collections
+
+from attngan_jax.damsm_config import damsm_config
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  if variant not in ("", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of damsm_birds.py; use '' or 'tiny'.")
+  config = damsm_config("cub", words_num=18, image_size=299, batch_size=48, num_steps=600 * 184)
+  config.eval.every_steps = 184 * 5
+  if variant == "tiny":
+    config.data.image_sizes = (80,)
+    config.model.image_encoder.train_backbone = True
+    config.model.image_encoder.input_size = 139  # smallest cheap Inception input: 7 x 7 regions
+    config.train.batch_size = 8
+    config.train.num_steps = 2
+    config.eval.batch_size = 8
+    config.eval.num_batches = 1
+    config.eval.every_steps = 2
+  return config
