@@ -38,14 +38,22 @@ class MeshError(ValueError):
 
 def _on_cloud_tpu_vm() -> bool:
   # TPU VMs expose the chips as /dev/accel* (v2-v4) or /dev/vfio (v5+); the TPU runtime also sets these variables.
-  return (os.path.exists("/dev/accel0") or os.path.isdir("/dev/vfio")
-          or "TPU_WORKER_HOSTNAMES" in os.environ or "TPU_ACCELERATOR_TYPE" in os.environ)
+  # /dev/vfio alone also appears on GPU pass-through VMs, hence the libtpu check.
+  import importlib.util
+  has_libtpu = importlib.util.find_spec("libtpu") is not None
+  return has_libtpu and (os.path.exists("/dev/accel0") or os.path.isdir("/dev/vfio")
+                         or "TPU_WORKER_HOSTNAMES" in os.environ or "TPU_ACCELERATOR_TYPE" in os.environ)
 
 
 def _under_slurm_srun() -> bool:
   # SLURM_STEP_ID is only set inside `srun`: a plain `sbatch` shell must not try to join a job of N processes.
   return ("SLURM_STEP_ID" in os.environ and "SLURM_JOB_ID" in os.environ
           and int(os.environ.get("SLURM_NTASKS", "1")) > 1)
+
+
+def _backends_initialized() -> bool:
+  from jax._src import xla_bridge  # no public equivalent; initialize() itself fails late otherwise
+  return xla_bridge.backends_are_initialized()
 
 
 def initialize_distributed(dist_config: Any = None) -> str:
@@ -73,19 +81,25 @@ def initialize_distributed(dist_config: Any = None) -> str:
       raise ValueError(
           f"distributed.coordinator_address={address!r} is set, so distributed.num_processes (got "
           f"{num_processes}) must be >= 1 and distributed.process_id (got {process_id}) in [0, num_processes).")
-    ids = cfg.get("local_device_ids") or ""
-    local_ids = [int(i) for i in str(ids).split(",") if i.strip()] if ids != "" else None
+    ids = str(cfg.get("local_device_ids") or "")
+    local_ids = [int(i) for i in ids.split(",") if i.strip()] or None
+  how = "explicit" if address else "slurm" if _under_slurm_srun() else "tpu" if _on_cloud_tpu_vm() else "single"
+  if how == "single":
+    return how
+  if _backends_initialized():
+    if how != "tpu":
+      raise RuntimeError(
+          "initialize_distributed() was called after JAX had already started its backends, so this process "
+          "can no longer join the multi-process job. Call t2i_common.parallel.initialize_distributed("
+          "config.distributed) at the top of main(), before any other JAX call (jax.devices(), arrays, jit).")
+    log.warning("JAX backends were started before initialize_distributed(): not calling "
+                "jax.distributed.initialize(); running with process_count()=%d.", jax.process_count())
+    return "single"
+  if how == "explicit":
     jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id,
                                local_device_ids=local_ids, initialization_timeout=timeout)
-    how = "explicit"
-  elif _under_slurm_srun():
+  else:  # SLURM variables or TPU metadata give the coordinator and the process ids
     jax.distributed.initialize(initialization_timeout=timeout)
-    how = "slurm"
-  elif _on_cloud_tpu_vm():
-    jax.distributed.initialize(initialization_timeout=timeout)
-    how = "tpu"
-  else:
-    return "single"
   log.info("jax.distributed initialised (%s): process %d of %d, %d local / %d global devices", how,
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
   return how

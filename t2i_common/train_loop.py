@@ -18,6 +18,8 @@ stall the asynchronous dispatch); before anything is saved, every metric of ever
 be finite, otherwise `NonFiniteError` names the metric and the first bad step and nothing is saved.
 
 Steps count updates: the checkpoint of step k holds the state after k calls of train_step.
+Multi-host: call `parallel.initialize_distributed(config.distributed)` at the top of main (fit calls it too,
+which is enough only if nothing touched JAX before).
 """
 from __future__ import annotations
 
@@ -223,16 +225,24 @@ class TrainLoop:
     bar = progress(self.num_steps, desc="train", initial=self.step,
                    enabled=bool(_get(self.config, "logging.progress_bar", True)))
     step_fn = None
-    pending: list[tuple[int, Any]] = []
-    window_start = time.perf_counter()
+    pending: list[tuple[int, Any]] = []  # device metrics not yet fetched
+    window: list[tuple[int, dict[str, np.ndarray]]] = []  # fetched metrics not yet written
+    window_time = 0.0  # training time of `window`, without compilation, hooks and checkpointing
+    segment_start = time.perf_counter()
     try:
       with jax.set_mesh(self.mesh), PreemptionGuard() as guard:
         while self.step < self.num_steps:
-          batch = self.batch_to_device(next(self.loader), self.mesh)
+          try:
+            local_batch = next(self.loader)
+          except StopIteration:
+            raise RuntimeError(
+                f"the loader ran out of batches after step {self.step}, before train.num_steps={self.num_steps}; "
+                f"use a repeating loader (num_epochs=None) or fewer steps.") from None
+          batch = self.batch_to_device(local_batch, self.mesh)
           if step_fn is None:
             step_fn = self._compile(state, batch, shardings)
             bar.restart_clock()
-            window_start = time.perf_counter()
+            segment_start = time.perf_counter()
           state, metrics = step_fn(state, batch)
           self.step += 1
           pending.append((self.step, metrics))
@@ -244,17 +254,19 @@ class TrainLoop:
           due = [h for h in self.hooks if self.step % h.every_steps == 0 or (last and getattr(h, "at_end", True))]
           if not (log_now or save_now or due):
             continue
-          fetched = self._check_finite(pending)
+          window += self._check_finite(pending)
+          window_time += time.perf_counter() - segment_start
           pending = []
           if log_now:
-            self._write_metrics(self.step, fetched, time.perf_counter() - window_start, bar)
+            self._write_metrics(self.step, window, window_time, bar)
+            window, window_time = [], 0.0
           for hook in due:
             hook(state, self.step, self.writer)
           if save_now:
             data_state = self.loader.get_state() if hasattr(self.loader, "get_state") else None
             self.checkpointer.save(self.step, state, data_state)
             self.last_saved_step = self.step
-          window_start = time.perf_counter()
+          segment_start = time.perf_counter()
           if stop:
             self.preempted = True
             log.warning("stop requested (SIGTERM): saved step %d, exiting the training loop", self.step)

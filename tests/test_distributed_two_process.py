@@ -1,8 +1,10 @@
 """A real two-process jax.distributed run on loopback (4 CPU devices per process, gloo collectives): the global
 batch built from per-process data and the cross-process gradient reduction give the single-process result;
-checkpoints save and restore sharded state and each process's data position."""
+checkpoints save and restore sharded state and each process's data position; SIGTERM to one process stops
+both at the same step."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,10 +29,15 @@ def test_two_processes_match_single_process(tmp_path):
   port = _free_port()
   procs = [subprocess.Popen([sys.executable, WORKER, str(i), "2", str(port), str(tmp_path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = []
+  outputs = ["", ""]
   try:
-    for p in procs:
-      outputs.append(p.communicate(timeout=120)[0])
+    for line in procs[1].stdout:  # preempt process 1 only, once both are in the guarded loop
+      outputs[1] += line
+      if line.startswith("GUARD READY"):
+        procs[1].send_signal(signal.SIGTERM)
+        break
+    outputs[0] = procs[0].communicate(timeout=120)[0]
+    outputs[1] += procs[1].communicate(timeout=120)[0]
   finally:
     for p in procs:
       if p.poll() is None:
@@ -44,6 +51,8 @@ def test_two_processes_match_single_process(tmp_path):
     assert (r["process_count"], r["device_count"], r["local_device_count"]) == (2, 8, 4)
     assert r["restore_equal"] and r["restored_sharding_equal"]
     assert r["data_state"] == {"next_index": 10 + i}  # each process gets its own iterator position back
+  # SIGTERM reached one process; JAX's preemption sync made both stop (and exit 0) at the same step.
+  assert results[0]["stop_step"] is not None and results[0]["stop_step"] == results[1]["stop_step"]
   rows = sorted(results[0]["local_rows"] + results[1]["local_rows"])
   assert rows == list(range(16)) and not set(results[0]["local_rows"]) & set(results[1]["local_rows"])
 

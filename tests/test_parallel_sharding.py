@@ -73,11 +73,15 @@ def test_global_batch_shapes_and_errors():
     parallel.global_batch({"x": np.zeros((12, 3), np.float32)}, mesh)
 
 
-def test_initialize_distributed_single_process_is_noop():
+def test_initialize_distributed_single_process_and_errors():
   assert parallel.initialize_distributed(None) in ("single", "already")
   with pytest.raises(ValueError, match="num_processes"):
     parallel.initialize_distributed({"coordinator_address": "127.0.0.1:1234", "num_processes": 0,
                                      "process_id": -1})
+  jax.devices()  # backends started: too late to join a job, which must fail loudly rather than run alone
+  with pytest.raises(RuntimeError, match="before any other JAX call"):
+    parallel.initialize_distributed({"coordinator_address": "127.0.0.1:1234", "num_processes": 2,
+                                     "process_id": 0})
 
 
 def _train(mesh):

@@ -3,11 +3,13 @@
   python tests/helpers/two_process_worker.py PROCESS_ID NUM_PROCESSES PORT OUTDIR
 Runs the tiny MLP's sharded steps on a (data=4, fsdp=2) mesh spanning both processes, each process feeding only
 its own rows of the global batch; saves and restores a checkpoint with a per-process data position; writes
-OUTDIR/result_<id>.json (and process 0 the gathered params as OUTDIR/params.npz).
+OUTDIR/result_<id>.json (and process 0 the gathered params as OUTDIR/params.npz). Then steps through a
+PreemptionGuard until it says stop (the test sends SIGTERM to one of the processes after "GUARD READY").
 """
 import json
 import os
 import sys
+import time
 
 import jax
 
@@ -17,7 +19,7 @@ import numpy as np  # noqa: E402
 
 import tiny_model  # noqa: E402  (same directory; also puts the repo root on sys.path)
 from t2i_common import parallel  # noqa: E402
-from t2i_common.checkpoint import Checkpointer  # noqa: E402
+from t2i_common.checkpoint import Checkpointer, PreemptionGuard  # noqa: E402
 
 
 def _local(x: jax.Array) -> np.ndarray:
@@ -48,6 +50,16 @@ def main(process_id: int, num_processes: int, port: int, outdir: str) -> None:
   result["restored_sharding_equal"] = (restored.params["Dense_1"]["kernel"].sharding
                                        == state.params["Dense_1"]["kernel"].sharding)
   result["data_state"] = data_state
+  # Preemption: the test sends SIGTERM to one process only; both must stop at the same step.
+  result["stop_step"] = None
+  with PreemptionGuard() as guard:
+    print("GUARD READY", flush=True)
+    for step in range(1, 600):
+      if guard.should_stop(step):
+        result["stop_step"] = step
+        break
+      time.sleep(0.05)
+
   if process_id == 0:
     np.savez(os.path.join(outdir, "params.npz"),
              **{jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]})
