@@ -6,7 +6,8 @@ iterator position (JSON), `config` the experiment config (JSON). `keep` most rec
 
 Resuming checks compatibility before loading anything, so a changed model never silently loads garbage:
 - these config sections must match the saved config: `model` and `data`, except the keys in `IGNORED_KEYS`
-  (where the data lives, how many workers read it: moving a dataset or changing the machine is fine).
+  (where the data lives, how many workers and threads read it, whether to skip bad records: moving a dataset
+  or changing the machine is fine).
   Everything else (train.num_steps, learning-rate schedule, logging, checkpoint, mesh, ...) may change: training
   longer, on another slice, with another log interval is normal.
 - the state's tree structure, shapes and dtypes must equal the saved ones (catches model code changes that
@@ -36,8 +37,10 @@ from jax.experimental import multihost_utils
 from t2i_common.config import config_to_json
 
 MATCH_SECTIONS = ("model", "data")
-IGNORED_KEYS = ("data.data_dir", "data.num_workers", "data.on_bad_record", "data.folder.data_dir",
-                "data.prefetch", "data.read_options")
+# Where the data lives and how it is read: none of it changes what the model sees.
+IGNORED_KEYS = ("data.data_dir", "data.num_workers", "data.read_threads", "data.prefetch_buffer",
+                "data.worker_buffer_size", "data.on_bad_record", "data.cub.manual_dir", "data.cub.prepare",
+                "data.coco.manual_dir", "data.coco.prepare")
 
 log = logging.getLogger(__name__)
 

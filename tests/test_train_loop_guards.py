@@ -139,3 +139,23 @@ def test_train_state_and_ema():
   assert not np.array_equal(jax.random.key_data(state.step_rng()), jax.random.key_data(new.step_rng()))
   ema = train_loop.ema_update({"a": jnp.zeros(2, jnp.bfloat16)}, {"a": jnp.ones(2)}, 0.9)
   assert ema["a"].dtype == jnp.bfloat16 and np.allclose(np.asarray(ema["a"], np.float32), 0.1, atol=1e-2)
+
+
+def test_restore_onto_another_mesh(tmp_path):
+  """A checkpoint written on a (data=4, fsdp=2) mesh restores onto (data=2, fsdp=4) with the new shardings."""
+  from t2i_common import parallel
+  old_mesh = parallel.create_mesh({"data": 4, "fsdp": 2})
+  state, _ = parallel.sharded_init(tiny_model.init_state, old_mesh, jax.random.key(3), min_size=256)
+  ckpt = checkpoint.Checkpointer(tmp_path, tiny_model.tiny_config())
+  ckpt.save(7, state, data_state={"next_index": 5})
+  ckpt.wait()
+  new_mesh = parallel.create_mesh({"data": 2, "fsdp": 4})
+  abstract = jax.eval_shape(tiny_model.init_state, jax.random.key(0))
+  target = parallel.abstract_with_shardings(abstract, parallel.param_shardings(abstract, new_mesh, 256))
+  restored, data_state = ckpt.restore(target)
+  ckpt.close()
+  kernel = restored.params["Dense_1"]["kernel"]
+  assert kernel.sharding.mesh.shape["fsdp"] == 4 and {s.data.shape for s in kernel.addressable_shards} == {(64, 16)}
+  np.testing.assert_array_equal(np.asarray(kernel), np.asarray(state.params["Dense_1"]["kernel"]))
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(state.rng))
+  assert data_state == {"next_index": 5}
