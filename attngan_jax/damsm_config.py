@@ -48,3 +48,16 @@ def damsm_config(dataset: str, *, words_num: int, image_size: int, backbone: str
   config.checkpoint = common.checkpoint_config(every_steps=2000, keep=3)
   config.logging = common.logging_config(every_steps=50, images_every_steps=2000)
   return config
+
+
+def tiny_inception_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Smoke-test sizes for the Inception configs (birds, coco): 2 steps, a trainable backbone at 139 px."""
+  config.data.image_sizes = (80,)
+  config.model.image_encoder.train_backbone = True
+  config.model.image_encoder.input_size = 139  # the smallest cheap Inception input: 7 x 7 regions
+  config.train.batch_size = 8
+  config.train.num_steps = 2
+  config.eval.batch_size = 8
+  config.eval.num_batches = 1
+  config.eval.every_steps = 2
+  return config

@@ -12,7 +12,7 @@ Variant "tiny": a few steps with a trainable Inception at small size (smoke test
 """
 import ml_collections
 
-from attngan_jax.damsm_config import damsm_config
+from attngan_jax.damsm_config import damsm_config, tiny_inception_variant
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -21,12 +21,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = damsm_config("cub", words_num=18, image_size=299, batch_size=48, num_steps=600 * 184)
   config.eval.every_steps = 184 * 5
   if variant == "tiny":
-    config.data.image_sizes = (80,)
-    config.model.image_encoder.train_backbone = True
-    config.model.image_encoder.input_size = 139  # smallest cheap Inception input: 7 x 7 regions
-    config.train.batch_size = 8
-    config.train.num_steps = 2
-    config.eval.batch_size = 8
-    config.eval.num_batches = 1
-    config.eval.every_steps = 2
+    tiny_inception_variant(config)
   return config
