@@ -133,7 +133,7 @@ def bench_jax(folder: str, steps: int, repeats: int) -> dict:
   size = pipe.unet.config.sample_size
   state = pipe.scheduler.set_timesteps(steps, (1, size, size, 4))
   dev = jax.devices()[0]
-  params = jax.device_put(pipe.params, dev)
+  params = pipe._placed_params(pipe._mesh_for(1))  # the copy the sampler uses too (no second copy)
   latents = jax.device_put(jax.random.normal(jax.random.key(0), (1, size, size, 4)), dev)
   emb = jax.device_put(jax.random.normal(jax.random.key(1), (2, 77, pipe.unet.config.cross_attention_dim)), dev)
 

@@ -193,6 +193,8 @@ class Pipeline:
     if key not in self._placed:
       self._placed.clear()  # keep one copy on devices
       self._placed[key] = jax.device_put(self.params, NamedSharding(mesh, P()))
+      # Drop the host copies (SD 1.x is 4 GiB in float32); later placements reshard from the devices.
+      self.params = self._placed[key]
     return self._placed[key]
 
   def _static_key(self) -> tuple:

@@ -113,6 +113,15 @@ def test_save_pretrained_round_trip(sd1, ours, theirs, tmp_path):
     np.testing.assert_array_equal(np.asarray(leaves_b[path]), np.asarray(leaf), err_msg=str(path))
 
 
+def test_batch_is_split_over_the_devices_that_divide_it(ours):
+  pipe = ours["sd1"]
+  n = jax.device_count()  # 8 fake CPU devices in tests
+  assert pipe._mesh_for(n).devices.size == n
+  assert pipe._mesh_for(2 * n).devices.size == n
+  assert pipe._mesh_for(2).devices.size == 2  # batch 2 (the parity tests): 2 devices, one image each
+  assert pipe._mesh_for(3).devices.size == (3 if n >= 3 else 1)
+
+
 def test_seeds_give_per_image_noise(ours):
   pipe = ours["sd1"]
   both = pipe.initial_noise([5, 7], 32, 32)
