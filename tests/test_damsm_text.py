@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attngan_jax.initializers import rbg_key
 from attngan_jax.text import TextTransform, Vocabulary, fit_length, tokenize
 from attngan_jax.text_encoder import TextEncoder, reverse_within_length
+from t2i_common.weights import abstract_params
 
 
 def test_tokenize_like_reference():
@@ -80,26 +82,27 @@ def test_reverse_within_length_is_involution():
 
 
 def test_text_encoder_ignores_padding_and_counts_params():
-  model = TextEncoder(n_words=5450)
   tokens = jnp.array([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]])
   lengths = jnp.array([3, 5])
-  params = model.init(jax.random.PRNGKey(0), tokens, lengths)
-  n = sum(x.size for x in jax.tree_util.tree_leaves(params))
-  assert n == 2_075_320  # REFERENCE.md: RNN_ENCODER with the CUB vocabulary
-  words, sent = model.apply(params, tokens, lengths)
+  shapes = abstract_params(TextEncoder(n_words=5450), tokens, lengths)
+  assert sum(x.size for x in jax.tree_util.tree_leaves(shapes)) == 2_075_320  # REFERENCE.md, CUB vocabulary
+  model = TextEncoder(n_words=50)
+  params = jax.jit(model.init)(rbg_key(jax.random.key(0)), tokens, lengths)  # rbg + jit: fast to compile
+  apply = jax.jit(model.apply, static_argnames="deterministic")
+  words, sent = apply(params, tokens, lengths)
   assert words.shape == (2, 5, 256) and sent.shape == (2, 256)
   assert np.all(np.asarray(words[0, 3:]) == 0)
   # Changing padding ids must not change anything; the caption alone decides.
-  words2, sent2 = model.apply(params, tokens.at[0, 3:].set(42), lengths)
+  words2, sent2 = apply(params, tokens.at[0, 3:].set(42), lengths)
   np.testing.assert_array_equal(words, words2)
   np.testing.assert_array_equal(sent, sent2)
   # The same caption alone (T = its length) gives the same result: backward starts at the last word.
-  w1, s1 = model.apply(params, tokens[:1, :3], lengths[:1])
+  w1, s1 = apply(params, tokens[:1, :3], lengths[:1])
   np.testing.assert_allclose(w1[0], words[0, :3], atol=1e-6)
   np.testing.assert_allclose(s1[0], sent[0], atol=1e-6)
   # Sentence = [forward at last word, backward at first word].
   np.testing.assert_allclose(sent[:, :128], words[jnp.arange(2), lengths - 1, :128], atol=1e-6)
   np.testing.assert_allclose(sent[:, 128:], words[:, 0, 128:], atol=1e-6)
   # Dropout is active only when asked for.
-  wd, _ = model.apply(params, tokens, lengths, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  wd, _ = apply(params, tokens, lengths, deterministic=False, rngs={"dropout": rbg_key(jax.random.key(1))})
   assert not np.allclose(wd, words)
