@@ -58,13 +58,13 @@ def ldm_model_config() -> ml_collections.ConfigDict:
       "sample_scheduler": "ddim",
       "vocab": ml_collections.ConfigDict({"num_caption_examples": 2000, "max_merges": 2000}),
       "text": ml_collections.ConfigDict({
-          "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
+          "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
           "max_position_embeddings": 32, "hidden_act": "gelu"}),
       "unet": ml_collections.ConfigDict({
-          "block_out_channels": (64, 128, 128), "layers_per_block": 1, "num_heads": (4, 4, 4),
+          "block_out_channels": (32, 64, 64), "layers_per_block": 1, "num_heads": (4, 4, 4),
           "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
           "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-          "norm_num_groups": 32}),
+          "norm_num_groups": 16}),
       "sampling": ml_collections.ConfigDict({
           "num_images": 16, "steps": 25, "guidance_scale": 4.0, "seed": 0}),
   })
