@@ -29,11 +29,22 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
-# The demo grows as models land: each line writes pictures and metrics under $(RUN).
+# The demo: shapes data preview scored by the oracle; DAMSM pretraining + R-precision; the shapes latent
+# diffusion model (VAE, then UNet + text encoder) with oracle-scored samples. Everything lands under $(RUN)/.
 demo: $(STAMP)
 	$(VPY) -m t2i_common.data.preview --dataset shapes --num 16 --resolution 64 --out $(RUN)/data_preview
-	$(VPY) -m t2i_common.data.shapes_oracle --examples $(RUN)/data_preview/examples.jsonl | tee $(RUN)/data_preview/oracle.json
-	@echo "Demo finished: pictures and metrics are under $(RUN)/"
+	$(VPY) -m t2i_common.data.shapes_oracle --examples $(RUN)/data_preview/examples.jsonl > $(RUN)/data_preview/oracle.json
+	$(VPY) -m attngan_jax.pretrain_damsm --config configs/attngan/damsm_shapes.py --workdir $(RUN)/damsm_shapes
+	$(VPY) -m attngan_jax.evaluate_damsm --config configs/attngan/damsm_shapes.py --workdir $(RUN)/damsm_shapes
+	$(VPY) -m diffusion_jax.train --config configs/diffusion/shapes_vae.py --workdir $(RUN)/shapes_vae
+	$(VPY) -m diffusion_jax.train --config configs/diffusion/shapes_ldm.py --workdir $(RUN)/shapes_ldm \
+	    --config.model.vae_path=$(RUN)/shapes_vae/vae
+	@echo "Demo finished. Pictures and metrics are under $(RUN)/:"
+	@echo "  $(RUN)/data_preview/grid.png (+ oracle.json)   shapes examples with captions"
+	@echo "  $(RUN)/damsm_shapes/attention/, eval/r_precision.json   DAMSM word attention, R-precision"
+	@echo "  $(RUN)/shapes_vae/reconstructions/   VAE reconstructions"
+	@echo "  $(RUN)/shapes_ldm/samples/final.png, metrics.jsonl   LDM samples and their oracle scores"
+	@echo "  $(RUN)/shapes_ldm/pipeline   the trained model as a diffusers folder (diffusion_jax.from_pretrained)"
 
 clean-demo:
 	rm -rf $(RUN)
