@@ -30,11 +30,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red cat sitting on a bench"
 
 
+def _fixtures():
+  """tests/diffusion_fixtures.py: the tiny SD-1.x-style test folder's sizes and its small CLIP tokenizer."""
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  import diffusion_fixtures
+  return diffusion_fixtures
+
+
 def _configs(name: str) -> dict:
   """diffusers constructor kwargs of the UNet, VAE and CLIP text model of a benchmark configuration."""
-  sys.path.insert(0, os.path.join(ROOT, "tests"))
-  from diffusion_fixtures import tiny_configs  # the tiny SD-1.x-style test folder's sizes and tokenizer
-  tiny = tiny_configs("sd1")
+  tiny = _fixtures().tiny_configs("sd1")
   if name == "tiny":
     return tiny
   if name == "sd1":
@@ -59,10 +64,9 @@ def write_folder(name: str, workdir: str) -> str:
   import torch
   from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
   from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-  from diffusion_fixtures import write_tiny_tokenizer
   cfg = _configs(name)
   torch.manual_seed(0)
-  tok_dir = write_tiny_tokenizer(os.path.join(workdir, f"tok_{name}"), cfg["pad_token"])
+  tok_dir = _fixtures().write_tiny_tokenizer(os.path.join(workdir, f"tok_{name}"), cfg["pad_token"])
   sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                         set_alpha_to_one=False, steps_offset=1)
   pipe = StableDiffusionPipeline(
@@ -70,6 +74,8 @@ def write_folder(name: str, workdir: str) -> str:
       tokenizer=CLIPTokenizer.from_pretrained(tok_dir), unet=UNet2DConditionModel(**cfg["unet"]),
       scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
   pipe.save_pretrained(folder)
+  # transformers 5 saves only tokenizer.json; SD folders (and diffusion_jax) carry vocab.json + merges.txt.
+  _fixtures().write_tiny_tokenizer(os.path.join(folder, "tokenizer"), cfg["pad_token"])
   return folder
 
 

@@ -140,3 +140,25 @@ def test_stochastic_step_requires_noise():
   state = sched.set_timesteps(4, SHAPE)
   with pytest.raises(ValueError, match="noise"):
     sched.step(state, jnp.zeros(SHAPE), 0, jnp.zeros(SHAPE))
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "pndm", "euler", "dpm++2m"])
+def test_saved_config_loads_in_diffusers_and_back(name, tmp_path):
+  ours = load_scheduler({**SD, "_class_name": "PNDMScheduler", "prediction_type": "v_prediction"}, name=name)
+  ours.save_pretrained(str(tmp_path))
+  theirs = getattr(diffusers, ours.CLASS_NAME).from_pretrained(str(tmp_path))
+  theirs.set_timesteps(7)
+  state = load_scheduler(str(tmp_path)).set_timesteps(7, SHAPE)
+  np.testing.assert_allclose(np.asarray(state.timesteps, np.float64), theirs.timesteps.numpy(), rtol=1e-6)
+  assert theirs.config.prediction_type == "v_prediction" and theirs.config.steps_offset == 1
+
+
+def test_add_noise_matches_diffusers():
+  ours = load_scheduler({**SD, "_class_name": "DDPMScheduler"})
+  theirs = diffusers.DDPMScheduler.from_config({**SD})
+  rng = np.random.default_rng(3)
+  x, noise = rng.standard_normal(SHAPE).astype(np.float32), rng.standard_normal(SHAPE).astype(np.float32)
+  t = np.array([0, 999])
+  expected = theirs.add_noise(torch.from_numpy(x), torch.from_numpy(noise), torch.from_numpy(t)).numpy()
+  np.testing.assert_allclose(np.asarray(ours.add_noise(jnp.asarray(x), jnp.asarray(noise), jnp.asarray(t))),
+                             expected, rtol=1e-6, atol=1e-6)
