@@ -1,12 +1,16 @@
-"""End-to-end DAMSM pretraining on the tiny shapes config: train, evaluate, export, reload."""
+"""End-to-end DAMSM pretraining on the tiny shapes config: train, evaluate (losses, R-precision), attention
+pictures, export, reload, resume, and the evaluate_damsm entry point."""
+import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from attngan_jax import convert_torch
+from attngan_jax.evaluate_damsm import evaluate
 from attngan_jax.pretrain_damsm import train_and_evaluate
 from t2i_common.config import load_config
 
@@ -40,3 +44,22 @@ def test_pretrain_damsm_tiny_end_to_end(tmp_path, fast_compile):
   image_model, image_vars = convert_torch.load_image_encoder(result["image_encoder"])
   regions, glob = image_model.apply(image_vars, jnp.zeros((2, 32, 32, 3)))
   assert regions.shape == (2, 4, 4, 32) and glob.shape == (2, 32)
+  # Held-out R-precision is logged with the eval losses; attention pictures are written.
+  run = tmp_path / "run"
+  assert 0.0 <= ev["r_precision"] <= 1.0 and ev["r_precision_std"] >= 0.0
+  records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+  assert any("eval/r_precision" in r and r["step"] == 3 for r in records)
+  pictures = sorted(os.listdir(run / "attention"))
+  assert pictures == ["step_0000003.png"]
+  picture = np.asarray(Image.open(run / "attention" / pictures[0]))
+  assert picture.ndim == 3 and picture.shape[1] > 6 * 32   # image + top-5 word panels per row
+  # Resuming continues from the checkpoint of step 3 instead of starting over.
+  more = load_config(CONFIG + ":tiny", ["train.num_steps=4", "logging.images_every_steps=4"])
+  assert train_and_evaluate(more, str(run))["step"] == 4
+  assert "step_0000004.png" in os.listdir(run / "attention")
+  steps = [r["step"] for r in map(json.loads, open(run / "metrics.jsonl")) if "loss" in r]
+  assert steps == [1, 2, 3, 4]
+  # evaluate_damsm scores the exported encoders on the test split and writes the JSON.
+  scored = evaluate(config, str(run))
+  assert scored["num_images"] == 16 and scored["num_folds"] == 2 and 0.0 <= scored["r_precision"] <= 1.0
+  assert json.load(open(run / "eval" / "r_precision.json"))["r_precision"] == scored["r_precision"]

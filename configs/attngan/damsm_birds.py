@@ -13,13 +13,16 @@ Variant "tiny": a few steps with a trainable Inception at small size (smoke test
 import ml_collections
 
 from attngan_jax.damsm_config import damsm_config, tiny_inception_variant
+from attngan_jax.damsm_trainer import add_eval_options
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant not in ("", "tiny"):
     raise ValueError(f"unknown variant {variant!r} of damsm_birds.py; use '' or 'tiny'.")
-  config = damsm_config("cub", words_num=18, image_size=299, batch_size=48, num_steps=600 * 184)
+  config = add_eval_options(damsm_config("cub", words_num=18, image_size=299, batch_size=48, num_steps=600 * 184))
   config.eval.every_steps = 184 * 5
   if variant == "tiny":
     tiny_inception_variant(config)
+    config.eval.r_precision.num_mismatch = 4
+    config.eval.r_precision.num_folds = 2
   return config

@@ -6,20 +6,23 @@
         --config.model.text_encoder.vocab_file=coco/captions.pickle
 
 Batch 48, Adam(0.5, 0.999) lr 0.002 x0.98 per epoch down to lr/10, gammas 4/5/10, WORDS_NUM 15, 299 px images,
-frozen ImageNet Inception-v3. The reference trains 600 epochs (about 80k images / 48 = 1,700 steps per
+frozen ImageNet Inception-v3. The reference trains 600 epochs (82,783 images / 48 = 1,724 steps per
 epoch, about 1M steps). Use the released captions.pickle as the vocabulary to stay id-compatible with released encoders.
 Variant "tiny": a few steps with a trainable Inception at small size (smoke test; not run by the suite on CPU).
 """
 import ml_collections
 
 from attngan_jax.damsm_config import damsm_config, tiny_inception_variant
+from attngan_jax.damsm_trainer import add_eval_options
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant not in ("", "tiny"):
     raise ValueError(f"unknown variant {variant!r} of damsm_coco.py; use '' or 'tiny'.")
-  config = damsm_config("coco", words_num=15, image_size=299, batch_size=48, num_steps=600 * 1700)
-  config.eval.every_steps = 1700
+  config = add_eval_options(damsm_config("coco", words_num=15, image_size=299, batch_size=48, num_steps=600 * 1724))
+  config.eval.every_steps = 1724
   if variant == "tiny":
     tiny_inception_variant(config)
+    config.eval.r_precision.num_mismatch = 4
+    config.eval.r_precision.num_folds = 2
   return config
