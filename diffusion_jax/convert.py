@@ -171,18 +171,30 @@ def text_dummy_inputs(cfg: TextConfig) -> tuple:
   return (jnp.zeros((1, 1), jnp.int32),)
 
 
+_ABSTRACT_CACHE: dict = {}
+
+
+def _dummy_inputs(module: Any) -> tuple:
+  makers = {UNet2DConditionModel: unet_dummy_inputs, AutoencoderKL: vae_dummy_inputs,
+            CLIPTextTransformer: text_dummy_inputs}
+  if type(module) not in makers:
+    raise TypeError(f"expected one of {[c.__name__ for c in makers]}, got {type(module).__name__}.")
+  return makers[type(module)](module.config)
+
+
 def abstract_variables(module: Any) -> dict:
-  """{"params": ShapeDtypeStruct tree} of one of our three models, without allocating anything."""
-  inputs = {UNet2DConditionModel: unet_dummy_inputs, AutoencoderKL: vae_dummy_inputs,
-            CLIPTextTransformer: text_dummy_inputs}[type(module)](module.config)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *inputs))
+  """{"params": ShapeDtypeStruct tree} of one of our three models, without allocating anything (cached per
+  config, since tracing a full-size UNet's init takes seconds)."""
+  key = (type(module), module.config, jnp.dtype(module.param_dtype).name)
+  if key not in _ABSTRACT_CACHE:
+    inputs = _dummy_inputs(module)
+    _ABSTRACT_CACHE[key] = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *inputs))
+  return _ABSTRACT_CACHE[key]
 
 
 def init_variables(module: Any, rng: jax.Array) -> dict:
   """Randomly initialised {"params": ...} of one of our three models (for training from scratch)."""
-  inputs = {UNet2DConditionModel: unet_dummy_inputs, AutoencoderKL: vae_dummy_inputs,
-            CLIPTextTransformer: text_dummy_inputs}[type(module)](module.config)
-  return jax.jit(module.init)(rng, *inputs)
+  return jax.jit(module.init)(rng, *_dummy_inputs(module))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -175,16 +175,21 @@ class CLIPTokenizer:
 
   def token_indices(self, prompt: str, words: Sequence[str]) -> list[int]:
     """Position of each given word's token in `prompt` (first occurrence, case-insensitive, punctuation
-    stripped); for a word split into several tokens, its last one (under the causal mask it has seen the
-    whole word)."""
+    ignored); for a word split into several tokens, its last one that is not punctuation (under the causal mask
+    it has seen the whole word)."""
+    ids = [self.bos_token_id] + self.tokenize(prompt)
     table = self.word_token_positions(prompt)
     result = []
     for w in words:
-      hits = [pos for word, pos in table if word.lower().strip(".,!?;:") == w.lower() and pos]
+      hits = [pos for word, pos in table if word.lower().strip(_PUNCT) == w.lower().strip(_PUNCT) and pos]
       if not hits:
         raise ValueError(f"word {w!r} is not in the prompt {prompt!r} (words: {[x for x, _ in table]}).")
-      result.append(hits[0][-1])
+      wordlike = [p for p in hits[0] if any(ch.isalnum() for ch in self.decode([ids[p]]))]
+      result.append((wordlike or hits[0])[-1])
     return result
+
+
+_PUNCT = ".,!?;:'\"()[]{}"
 
 
 def bytes_to_unicode() -> dict[int, str]:

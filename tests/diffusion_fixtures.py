@@ -205,3 +205,35 @@ def tiny_sd_reference(tmp_path_factory) -> str:
   """Path of the REFERENCE.md section 2 (diffusers Attend-and-Excite test) folder."""
   pytest.importorskip("diffusers", reason="tiny SD folders are written with diffusers")
   return write_tiny_sd(tmp_path_factory.mktemp("sdref"), "reference")
+
+
+# XLA options that roughly halve CPU compile time of the tiny models (what jax_disable_most_optimizations sets,
+# but per function, so other tests in the same process are unaffected): jax.jit(f, compiler_options=FAST_COMPILE).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def random_variables(module, seed: int = 0) -> dict:
+  """Random {"params": ...} for one of our diffusion models in well under a second on CPU.
+
+  Flax's own init (jit of module.init) takes ~10 s of XLA compile for even a tiny UNet on CPU, mostly for the
+  truncated-normal initializers; tests that only need plausible weights use this instead: kernels N(0, 1/fan_in),
+  embeddings N(0, 1), norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2).
+  """
+  import numpy as np
+  from flax import traverse_util
+
+  from diffusion_jax.convert import abstract_variables
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(abstract_variables(module)["params"])
+  out = {}
+  for path, leaf in flat.items():
+    shape, kind = tuple(leaf.shape), path[-1]
+    z = rng.standard_normal(shape).astype(np.float32)
+    if kind == "kernel":
+      z /= np.sqrt(max(1, int(np.prod(shape[:-1]))))
+    elif kind == "scale":
+      z = 1.0 + 0.1 * z
+    elif kind == "bias":
+      z *= 0.1
+    out[path] = z.astype(leaf.dtype)
+  return {"params": traverse_util.unflatten_dict(out)}

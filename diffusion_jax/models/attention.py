@@ -40,19 +40,32 @@ def _split_heads(x: jax.Array, heads: int) -> jax.Array:
 
 def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *, is_causal: bool = False,
                   mask: Optional[jax.Array] = None) -> jax.Array:
-  """Multi-head attention on [B, T, C] projections through jax.nn.dot_product_attention; returns [B, T, C]."""
+  """Multi-head attention on [B, T, C] projections through jax.nn.dot_product_attention; returns [B, T, C].
+
+  mask: boolean, broadcastable to [B, heads, T, S] (True = attend).
+  """
   b, t, c = q.shape
+  if q.dtype == jnp.float16 and jax.default_backend() == "cpu":
+    # XLA:CPU lacks the fp16 x fp16 -> fp32 dot algorithm that dot_product_attention requests for fp16.
+    probs = attention_probs(q, k, heads, is_causal=is_causal, mask=mask)
+    return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), _split_heads(v, heads)).reshape(b, t, c)
   out = jax.nn.dot_product_attention(_split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads),
                                      mask=mask, is_causal=is_causal)
   return out.reshape(b, t, c)
 
 
-def attention_probs(q: jax.Array, k: jax.Array, heads: int) -> jax.Array:
+def attention_probs(q: jax.Array, k: jax.Array, heads: int, *, is_causal: bool = False,
+                    mask: Optional[jax.Array] = None) -> jax.Array:
   """softmax(Q K^T / sqrt(d)) in fp32: [B, heads, T, S]."""
   qh, kh = _split_heads(q, heads), _split_heads(k, heads)
   scale = qh.shape[-1] ** -0.5
-  logits = jnp.einsum("btnh,bsnh->bnts", qh, kh, preferred_element_type=jnp.float32) * scale
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  logits = jnp.einsum("btnh,bsnh->bnts", qh, kh, preferred_element_type=jnp.float32).astype(jnp.float32) * scale
+  if is_causal:
+    t, s = logits.shape[-2:]
+    mask = jnp.tril(jnp.ones((t, s), bool)) if mask is None else mask & jnp.tril(jnp.ones((t, s), bool))
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1)
 
 
 def resolution_matches(h: int, w: int, capture_at: Resolutions) -> bool:

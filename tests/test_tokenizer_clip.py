@@ -1,0 +1,132 @@
+"""Our CLIP tokenizer against transformers' CLIPTokenizer (tiny learned vocab; the real 49,408-token vocab when
+the open_clip_torch wheel, which ships it, is installed), padding of SD 1.x/2.x, truncation, word positions."""
+import gzip
+import importlib.util
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from diffusion_fixtures import tiny_clip_bpe, write_tiny_tokenizer
+from diffusion_jax.tokenizer import BOS, EOS, CLIPTokenizer, bytes_to_unicode
+
+STRINGS = [
+    "a photo of a cat", "A Cat and a FROG", "a red circle next to a blue square.", "", "   ", "zebra",
+    "a zebra-striped giraffe, eating!!! 3.14159 apples?", "it's the dog's bowl; they'll've", "hello!world",
+    "naïve café Ünïcödé", "日本語のテキスト", "emoji 😀👍🏽 and symbols ©®™", "tabs\tand\nnewlines  and   spaces",
+    "<|startoftext|>inner<|endoftext|> specials", "UPPER lower MiXeD 123abc abc123", "don't STOP'S #hashtag @user",
+    "a" * 40, " ".join(["cat"] * 90),
+]
+
+
+@pytest.fixture(scope="module", params=["<|endoftext|>", "!"], ids=["sd1-pad", "sd2-pad"])
+def tiny_dir(request, tmp_path_factory):
+  pytest.importorskip("transformers", reason="the folder is written with transformers' CLIPTokenizer")
+  return write_tiny_tokenizer(str(tmp_path_factory.mktemp("tok")), pad_token=request.param)
+
+
+def _compare_with_transformers(folder: str, strings):
+  from transformers import CLIPTokenizer as Reference
+  ref = Reference.from_pretrained(folder)
+  ours = CLIPTokenizer.from_folder(folder)
+  assert ours.pad_token_id == ref.pad_token_id and ours.eos_token_id == ref.eos_token_id
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    got = ours(strings)
+  want = ref(strings, padding="max_length", max_length=77, truncation=True)
+  for i, s in enumerate(strings):
+    assert got.input_ids[i].tolist() == want["input_ids"][i], s
+    assert got.attention_mask[i].tolist() == want["attention_mask"][i], s
+  return ours, got
+
+
+def test_ids_match_transformers_on_tiny_vocab(tiny_dir):
+  ours, got = _compare_with_transformers(tiny_dir, STRINGS)
+  assert got.input_ids.shape == (len(STRINGS), 77) and got.input_ids.dtype == np.int32
+  assert got.lengths[0] == 2 + len(ours.tokenize("a photo of a cat"))
+  assert got.lengths[STRINGS.index("zebra")] > 3  # not in the word list: several sub-word tokens
+
+
+def test_padding_follows_the_folder(tiny_dir):
+  tok = CLIPTokenizer.from_folder(tiny_dir)
+  batch = tok("a cat")
+  n = int(batch.lengths[0])
+  assert batch.input_ids[0, 0] == tok.vocab[BOS] and batch.input_ids[0, n - 1] == tok.vocab[EOS]
+  pad_id = tok.vocab[EOS] if tok.pad_token == EOS else 0
+  assert (batch.input_ids[0, n:] == pad_id).all() and batch.attention_mask[0].sum() == n
+  assert tok("a cat", padding="longest").input_ids.shape == (1, n)
+
+
+def test_truncation_warns_with_the_dropped_words(tiny_dir):
+  tok = CLIPTokenizer.from_folder(tiny_dir)
+  prompt = " ".join(["cat"] * 75 + ["purple", "hexagon"])
+  with pytest.warns(UserWarning, match="dropped: 'purple hexagon'"):
+    batch = tok(prompt)
+  assert batch.lengths[0] == 77 and batch.input_ids[0, -1] == tok.eos_token_id
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tok(prompt, warn_truncation=False)
+
+
+def test_word_positions_and_token_indices(tiny_dir):
+  tok = CLIPTokenizer.from_folder(tiny_dir)
+  assert tok.token_indices("a cat and a frog", ["cat", "frog"]) == [2, 5]  # Attend-and-Excite's example
+  table = tok.word_token_positions("A zebra, and a frog")
+  assert [w for w, _ in table] == ["A", "zebra,", "and", "a", "frog"]
+  zebra = table[1][1]
+  assert zebra == list(range(2, 2 + len(zebra))) and len(zebra) > 2
+  ids = tok("A zebra, and a frog").input_ids[0]
+  assert tok.decode(ids[zebra]).replace(" ", "") == "zebra,"
+  assert tok.token_indices("A zebra, and a frog", ["zebra", "frog"]) == [zebra[-2], zebra[-1] + 3]  # not ","
+  with pytest.raises(ValueError, match="not in the prompt"):
+    tok.token_indices("a cat", ["dog"])
+
+
+def test_save_and_reload(tiny_dir, tmp_path):
+  tok = CLIPTokenizer.from_folder(tiny_dir)
+  tok.save(str(tmp_path))
+  again = CLIPTokenizer.from_folder(str(tmp_path))
+  assert again.pad_token == tok.pad_token and again.vocab == tok.vocab
+  np.testing.assert_array_equal(again(STRINGS[:8]).input_ids, tok(STRINGS[:8]).input_ids)
+  assert tok.decode(tok("a photo of a cat").input_ids[0]) == "a photo of a cat"
+
+
+def test_bad_folder_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="vocab.json"):
+    CLIPTokenizer.from_folder(str(tmp_path))
+  vocab, merges = tiny_clip_bpe()
+  (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+  (tmp_path / "merges.txt").write_text("\n".join(merges))
+  with pytest.raises(ValueError, match="pad_token"):
+    CLIPTokenizer.from_folder(str(tmp_path), pad_token="<pad>")
+  with pytest.raises(TypeError, match="strings"):
+    CLIPTokenizer.from_folder(str(tmp_path))([None])
+
+
+def _real_vocab_dir(tmp_path) -> str:
+  spec = importlib.util.find_spec("open_clip")  # locates the wheel without importing it (it needs ftfy, torch)
+  if spec is None or spec.origin is None:
+    pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch gives the real vocab)")
+  path = os.path.join(os.path.dirname(spec.origin), "bpe_simple_vocab_16e6.txt.gz")
+  if not os.path.isfile(path):
+    pytest.skip(f"{path} is missing")
+  # OpenAI CLIP's construction: the merges are lines 1 .. 48894 after the header line.
+  merges = gzip.open(path).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+  symbols = list(bytes_to_unicode().values())
+  tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
+  (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+  (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+  return str(tmp_path)
+
+
+def test_real_clip_vocab(tmp_path):
+  folder = _real_vocab_dir(tmp_path)
+  tok = CLIPTokenizer.from_folder(folder)
+  assert tok.vocab_size == 49408 and len(tok.merges) == 48894
+  assert tok("a photo of a cat").input_ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
+  sd2 = CLIPTokenizer.from_folder(folder, pad_token="!")
+  assert sd2("a photo of a cat").input_ids[0, 7:].max() == 0  # SD 2.x pads with "!" (id 0)
+  pytest.importorskip("transformers", reason="comparison with transformers' CLIPTokenizer")
+  _compare_with_transformers(folder, STRINGS)
