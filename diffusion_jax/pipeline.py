@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Callable, Optional, Sequence, Union
@@ -291,6 +290,8 @@ class Pipeline:
                          f"{num_images_per_prompt} per prompt); give one seed per image or a single int.")
       latents = self.initial_noise(seeds, height, width)
 
+    if eta and self.scheduler.CLASS_NAME != "DDIMScheduler":
+      raise ValueError(f"eta={eta} only applies to DDIM; this pipeline samples with {self.scheduler.CLASS_NAME}.")
     sched_kwargs = {"eta": eta} if eta else {}
     state = self.scheduler.set_timesteps(num_inference_steps, (batch,) + latent_shape[2:] + latent_shape[1:2],
                                          **sched_kwargs)
