@@ -193,8 +193,16 @@ def abstract_variables(module: Any) -> dict:
 
 
 def init_variables(module: Any, rng: jax.Array) -> dict:
-  """Randomly initialised {"params": ...} of one of our three models (for training from scratch)."""
-  return jax.jit(module.init)(rng, *_dummy_inputs(module))
+  """Randomly initialised {"params": ...} of one of our three models (for training from scratch).
+
+  On CPU the init is compiled with XLA's cheap settings: its dozens of truncated-normal initializers otherwise
+  take tens of seconds to optimise for a program that runs once (3x faster for a tiny UNet).
+  """
+  options = CPU_FAST_COMPILE if jax.default_backend() == "cpu" else None
+  return jax.jit(module.init, compiler_options=options)(rng, *_dummy_inputs(module))
+
+
+CPU_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 # ----------------------------------------------------------------------------------------------------------

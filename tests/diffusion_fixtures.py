@@ -22,7 +22,8 @@ from collections import Counter
 
 import pytest
 
-from diffusion_jax.tokenizer import bytes_to_unicode
+from diffusion_jax.clip_vocab import learn_clip_bpe
+from diffusion_jax.convert import CPU_FAST_COMPILE, abstract_variables
 
 VARIANTS = ("sd1", "sd2", "reference")
 
@@ -34,45 +35,9 @@ diamond small large big tiny left right top bottom next to , . !""".split()
 
 
 def tiny_clip_bpe(words: list[str] = _WORDS, max_merges: int = 420) -> tuple[dict[str, int], list[str]]:
-  """Learns BPE merges on `words` and returns a CLIP-layout (vocab, merges).
-
-  The vocabulary is laid out as CLIP's: byte symbols, byte symbols + "</w>", one entry per merge, then
-  <|startoftext|> and <|endoftext|>; so "!" is id 0 (SD 2.x's pad token) and <|endoftext|> is the last id.
-  """
-  byte_enc = bytes_to_unicode()
-  words_sym = Counter()
-  for w in words:
-    chars = [byte_enc[b] for b in w.encode("utf-8")]
-    chars[-1] += "</w>"
-    words_sym[tuple(chars)] += 1
-  merges: list[tuple[str, str]] = []
-  while len(merges) < max_merges:
-    pairs = Counter()
-    for sym, freq in words_sym.items():
-      for a, b in zip(sym[:-1], sym[1:]):
-        pairs[(a, b)] += freq
-    if not pairs:
-      break
-    best = min(pairs, key=lambda p: (-pairs[p], p))  # most frequent; ties broken deterministically
-    merges.append(best)
-    merged = Counter()
-    for sym, freq in words_sym.items():
-      out, i = [], 0
-      while i < len(sym):
-        if i + 1 < len(sym) and (sym[i], sym[i + 1]) == best:
-          out.append(sym[i] + sym[i + 1])
-          i += 2
-        else:
-          out.append(sym[i])
-          i += 1
-      merged[tuple(out)] += freq
-    words_sym = merged
-  tokens = list(byte_enc.values())
-  tokens += [t + "</w>" for t in tokens]
-  tokens += ["".join(m) for m in merges]
-  tokens += ["<|startoftext|>", "<|endoftext|>"]
-  vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-  return vocab, [f"{a} {b}" for a, b in merges]
+  """A CLIP-layout (vocab, merges) learned on `words` (byte symbols, byte symbols + "</w>", merges, then
+  <|startoftext|> and <|endoftext|>): "!" is id 0 (SD 2.x's pad token), <|endoftext|> the last id."""
+  return learn_clip_bpe(Counter(words), max_merges)
 
 
 def write_tiny_tokenizer(folder: str, pad_token: str = "<|endoftext|>") -> str:
@@ -209,7 +174,7 @@ def tiny_sd_reference(tmp_path_factory) -> str:
 
 # XLA options that roughly halve CPU compile time of the tiny models (what jax_disable_most_optimizations sets,
 # but per function, so other tests in the same process are unaffected): jax.jit(f, compiler_options=FAST_COMPILE).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+FAST_COMPILE = CPU_FAST_COMPILE
 
 
 def random_variables(module, seed: int = 0) -> dict:
@@ -222,7 +187,6 @@ def random_variables(module, seed: int = 0) -> dict:
   import numpy as np
   from flax import traverse_util
 
-  from diffusion_jax.convert import abstract_variables
   rng = np.random.default_rng(seed)
   flat = traverse_util.flatten_dict(abstract_variables(module)["params"])
   out = {}

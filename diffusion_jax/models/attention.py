@@ -1,8 +1,9 @@
 """Attention layers of the latent-diffusion models, with optional capture of cross-attention maps.
 
-Self-attention always takes the fastest path, `jax.nn.dot_product_attention` (cuDNN flash attention on GPU when
-applicable, XLA elsewhere; both accumulate the logits and the softmax in fp32, which is what diffusers'
-`upcast_attention` / `upcast_softmax` ask for, so no extra casts are needed in bf16/fp16).
+Self-attention (and cross-attention when its maps are not wanted) takes the fastest path,
+`jax.nn.dot_product_attention`: cuDNN flash attention on GPU in bf16/fp16 when the shapes allow it, XLA elsewhere.
+Both accumulate the logits and the softmax in fp32, which is what diffusers' `upcast_attention` /
+`upcast_softmax` ask for, so no extra casts are needed in bf16/fp16.
 
 Cross-attention maps (Attend-and-Excite). A cross-attention layer hands back its probabilities
 softmax(Q K^T / sqrt(d)) only when its spatial size is listed in the static `capture_cross_attn_at` argument of
@@ -19,6 +20,7 @@ being differentiated).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -49,9 +51,21 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *, is_ca
     # XLA:CPU lacks the fp16 x fp16 -> fp32 dot algorithm that dot_product_attention requests for fp16.
     probs = attention_probs(q, k, heads, is_causal=is_causal, mask=mask)
     return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), _split_heads(v, heads)).reshape(b, t, c)
-  out = jax.nn.dot_product_attention(_split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads),
-                                     mask=mask, is_causal=is_causal)
-  return out.reshape(b, t, c)
+  qh, kh, vh = _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
+  if _use_cudnn(q.dtype):
+    try:
+      out = jax.nn.dot_product_attention(qh, kh, vh, mask=mask, is_causal=is_causal, implementation="cudnn")
+      return out.reshape(b, t, c)
+    except (NotImplementedError, ValueError, RuntimeError):
+      pass  # shapes/versions cuDNN's flash kernel rejects (checked while tracing): use XLA's
+  return jax.nn.dot_product_attention(qh, kh, vh, mask=mask, is_causal=is_causal).reshape(b, t, c)
+
+
+def _use_cudnn(dtype) -> bool:
+  """cuDNN flash attention for half-precision compute on GPU. implementation=None in jax.nn.dot_product_attention
+  still means XLA (jax 0.10), so it is asked for explicitly; DIFFUSION_JAX_ATTENTION=xla turns it off."""
+  return (os.environ.get("DIFFUSION_JAX_ATTENTION", "auto") != "xla" and jax.default_backend() == "gpu"
+          and dtype in (jnp.bfloat16, jnp.float16))
 
 
 def attention_probs(q: jax.Array, k: jax.Array, heads: int, *, is_causal: bool = False,

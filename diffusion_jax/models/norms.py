@@ -22,14 +22,10 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+    return _affine(self, (x32 - mean) * jax.lax.rsqrt(var + self.epsilon))
 
 
 class GroupNorm(nn.Module):
@@ -45,11 +41,15 @@ class GroupNorm(nn.Module):
     if c % self.num_groups:
       raise ValueError(f"GroupNorm: {c} channels are not divisible into {self.num_groups} groups; check "
                        "norm_num_groups against block_out_channels in the model config.")
-    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-    shape = x.shape
-    g = x.astype(jnp.float32).reshape(shape[0], -1, self.num_groups, c // self.num_groups)
+    g = x.astype(jnp.float32).reshape(x.shape[0], -1, self.num_groups, c // self.num_groups)
     mean = g.mean((1, 3), keepdims=True)
     var = jnp.square(g - mean).mean((1, 3), keepdims=True)
-    y = ((g - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(shape)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+    return _affine(self, ((g - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape))
+
+
+def _affine(norm: nn.Module, y: jax.Array) -> jax.Array:
+  """Per-channel scale and shift of a normalised fp32 `y`, cast to the norm's compute dtype."""
+  c = y.shape[-1]
+  scale = norm.param("scale", nn.initializers.ones, (c,), norm.param_dtype)
+  bias = norm.param("bias", nn.initializers.zeros, (c,), norm.param_dtype)
+  return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(norm.dtype)
