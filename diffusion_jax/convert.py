@@ -129,7 +129,7 @@ def to_state_dict(params: Any, conv_1x1: Callable[[Path], bool] = lambda p: Fals
 
   conv_1x1(module path) tells which Dense kernels are stored as [out, in, 1, 1] convolutions.
   """
-  if "params" in params and len(params) == 1:
+  if "params" in params:  # {"params": ...} variables (other collections are not weights)
     params = params["params"]
   out = {}
   for path, value in traverse_util.flatten_dict(params).items():

@@ -72,19 +72,24 @@ class CLIPTokenizer:
 
   @classmethod
   def from_folder(cls, folder: str, **overrides) -> "CLIPTokenizer":
-    """Reads vocab.json, merges.txt and the special tokens of tokenizer_config.json / special_tokens_map.json."""
+    """Reads vocab.json, merges.txt and the special tokens of tokenizer_config.json / special_tokens_map.json.
+
+    As in transformers, special_tokens_map.json overrides tokenizer_config.json unless the latter was written
+    with an `added_tokens_decoder` (then it is the only source): SD 2.x folders say pad_token "<|endoftext|>"
+    in tokenizer_config.json and "!" in special_tokens_map.json, and pad with "!".
+    """
     settings: dict = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
-      path = os.path.join(folder, name)
-      if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-          raw = json.load(f)
-        for key in ("pad_token", "bos_token", "eos_token", "unk_token", "model_max_length"):
-          value = raw.get(key)
-          if isinstance(value, dict):  # serialised AddedToken
-            value = value.get("content")
-          if value is not None:
-            settings[key] = value
+    config = _read_json(os.path.join(folder, "tokenizer_config.json"))
+    sources = [config]
+    if "added_tokens_decoder" not in config:
+      sources.append(_read_json(os.path.join(folder, "special_tokens_map.json")))
+    for raw in sources:
+      for key in ("pad_token", "bos_token", "eos_token", "unk_token", "model_max_length"):
+        value = raw.get(key)
+        if isinstance(value, dict):  # serialised AddedToken
+          value = value.get("content")
+        if value is not None:
+          settings[key] = value
     if settings.get("model_max_length", 77) > 10**6:  # transformers' "no limit" placeholder
       settings.pop("model_max_length")
     settings.update(overrides)
@@ -190,6 +195,13 @@ class CLIPTokenizer:
 
 
 _PUNCT = ".,!?;:'\"()[]{}"
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 def bytes_to_unicode() -> dict[int, str]:

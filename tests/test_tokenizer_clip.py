@@ -93,6 +93,22 @@ def test_save_and_reload(tiny_dir, tmp_path):
   assert tok.decode(tok("a photo of a cat").input_ids[0]) == "a photo of a cat"
 
 
+def test_sd2_style_special_tokens_map_overrides_config(tmp_path):
+  """SD 2.x folders: tokenizer_config.json says pad <|endoftext|>, special_tokens_map.json says "!" (wins)."""
+  vocab, merges = tiny_clip_bpe()
+  (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+  (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "pad_token": EOS, "do_lower_case": True,
+       "bos_token": {"__type": "AddedToken", "content": BOS}, "eos_token": {"__type": "AddedToken", "content": EOS},
+       "unk_token": {"__type": "AddedToken", "content": EOS}}))
+  (tmp_path / "special_tokens_map.json").write_text(json.dumps({"bos_token": BOS, "eos_token": EOS,
+                                                                "pad_token": "!", "unk_token": EOS}))
+  assert CLIPTokenizer.from_folder(str(tmp_path)).pad_token_id == 0
+  pytest.importorskip("transformers", reason="comparison with transformers' CLIPTokenizer")
+  _compare_with_transformers(str(tmp_path), STRINGS[:6])
+
+
 def test_bad_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="vocab.json"):
     CLIPTokenizer.from_folder(str(tmp_path))
