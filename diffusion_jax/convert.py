@@ -32,6 +32,7 @@ from diffusion_jax.model_configs import (TextConfig, UNetConfig, VAEConfig, text
 from diffusion_jax.models.clip_text import CLIPTextTransformer
 from diffusion_jax.models.unet import UNet2DConditionModel
 from diffusion_jax.models.vae import AutoencoderKL
+from t2i_common.parallel import run_once_compiler_options
 from t2i_common.weights import conv_kernel, convert_strict, dense_kernel, read_state_dict
 
 Path = tuple[str, ...]
@@ -197,11 +198,9 @@ def init_variables(module: Any, rng: jax.Array) -> dict:
   On CPU the init is compiled with XLA's cheap settings: its dozens of truncated-normal initializers otherwise
   take tens of seconds to optimise for a program that runs once (3x faster for a tiny UNet).
   """
-  options = CPU_FAST_COMPILE if jax.default_backend() == "cpu" else None
-  return jax.jit(module.init, compiler_options=options)(rng, *_dummy_inputs(module))
-
-
-CPU_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+  if isinstance(rng, jax.core.Tracer):  # inside a caller's jit (e.g. a trainer's sharded init): no nested options
+    return module.init(rng, *_dummy_inputs(module))
+  return jax.jit(module.init, compiler_options=run_once_compiler_options())(rng, *_dummy_inputs(module))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -158,7 +158,8 @@ class TrainLoop:
     shardings = self.state_shardings(abstract, self.mesh)
     latest = self.checkpointer.latest_step()
     if latest is None:
-      state = jax.jit(self.init_state, out_shardings=shardings)(rng)
+      state = jax.jit(self.init_state, out_shardings=shardings,
+                      compiler_options=parallel.run_once_compiler_options())(rng)
       self.start_step = 0
       log.info("initialised a new state in %s", self.workdir)
     else:
@@ -172,8 +173,11 @@ class TrainLoop:
 
   def _compile(self, state: Any, batch: Any, shardings: Any) -> Callable:
     batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
+    # train.fast_compile (tests, tiny configs): XLA's cheap CPU settings; compile time dominates tiny runs.
+    options = parallel.run_once_compiler_options() if _get(self.config, "train.fast_compile", False) else None
     jitted = jax.jit(self.train_step, in_shardings=(shardings, batch_shardings),
-                     out_shardings=(shardings, parallel.replicated(self.mesh)), donate_argnums=0)
+                     out_shardings=(shardings, parallel.replicated(self.mesh)), donate_argnums=0,
+                     compiler_options=options)
     start = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
     self.compile_time_s = time.perf_counter() - start

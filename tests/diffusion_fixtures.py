@@ -23,7 +23,8 @@ from collections import Counter
 import pytest
 
 from diffusion_jax.clip_vocab import learn_clip_bpe
-from diffusion_jax.convert import CPU_FAST_COMPILE, abstract_variables
+from diffusion_jax.convert import abstract_variables
+from t2i_common.parallel import CPU_FAST_COMPILE
 
 VARIANTS = ("sd1", "sd2", "reference")
 

@@ -31,7 +31,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data = data_config("shapes", image_sizes=(64,))
   config.model = ldm_model_config()
   config.optimizer = optimizer_config(learning_rate=5e-4, warmup_steps=200)
-  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 4000})
+  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 4000, "fast_compile": False})
   config.checkpoint = common.checkpoint_config(every_steps=1000, keep=2)
   config.logging = common.logging_config(every_steps=50, images_every_steps=2000)
   if variant == "tiny":
@@ -46,6 +46,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.sampling.update(num_images=8, steps=2)
     config.train.batch_size = 8
     config.train.num_steps = 4
+    config.train.fast_compile = True
     config.checkpoint.every_steps = 2
     config.logging.every_steps = 2
     config.logging.images_every_steps = 1000  # the export samples once; a second compile would cost test time

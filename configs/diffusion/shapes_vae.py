@@ -24,7 +24,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data = data_config("shapes", image_sizes=(64,))
   config.model = vae_model_config(64)
   config.optimizer = optimizer_config(learning_rate=1e-3, warmup_steps=100)
-  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 1500, "num_eval_images": 8})
+  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 1500, "num_eval_images": 8,
+                                         "fast_compile": False})
   config.checkpoint = common.checkpoint_config(every_steps=500, keep=2)
   config.logging = common.logging_config(every_steps=50, images_every_steps=500)
   if variant == "tiny":
@@ -39,6 +40,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.discriminator.start_step = 2
     config.train.batch_size = 8
     config.train.num_steps = 4
+    config.train.fast_compile = True
     config.train.num_eval_images = 4
     config.checkpoint.every_steps = 2
     config.logging.every_steps = 2
