@@ -236,7 +236,7 @@ def main(argv=None) -> None:
     for side in ("diffusers", "diffusion_jax"):
       r = res[side]
       print(f"| {name} | {steps} | {side} | {_fmt(r['step_compile_s'], '.1f')} | {_fmt(r['step_s'])} | "
-            f"{_fmt(r['sample_compile_s'], '.1f')} | {_fmt(r['sample_s'])} | {steps / r['sample_s']:.2f} | "
+            f"{_fmt(r['sample_compile_s'], '.1f')} | {_fmt(r['sample_s'])} | {steps / r['sample_s']:.3g} | "
             f"{_fmt(r.get(mem_key), '.2f')} |")
     d, j = res["diffusers"], res["diffusion_jax"]
     print(f"| {name} | {steps} | ratio jax/diffusers | | {j['step_s'] / d['step_s']:.2f} | | "
