@@ -71,3 +71,27 @@ def test_unknown_prediction_type_fails(tmp_path):
   cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", ["model.prediction_type=x0", "model.vae_path=/nope"])
   with pytest.raises(ValueError, match="prediction_type"):
     train_and_evaluate(cfg, str(tmp_path))
+
+
+def test_finetune_variant_trains_a_pretrained_sd_folder(tmp_path):
+  """The `finetune` variant reads a diffusers SD folder, trains the UNet only, and exports the same layout."""
+  pytest.importorskip("torch", reason="the tiny SD folder is written with diffusers (parity extra)")
+  pytest.importorskip("diffusers")
+  import jax
+  from diffusion_fixtures import write_tiny_sd
+  from diffusion_jax import from_pretrained
+  from diffusion_jax.convert import load_text_encoder
+  from diffusion_jax.train import train_and_evaluate
+  folder = write_tiny_sd(tmp_path, "sd1")
+  cfg = load_config("configs/diffusion/shapes_ldm.py:finetune", [
+      f"model.pretrained={folder}", "data.image_sizes=(32,)", "data.shapes.num_train=16",
+      "data.shapes.num_test=8", "train.batch_size=8", "train.num_steps=2", "train.fast_compile=True",
+      "model.sampling.num_images=8", "model.sampling.steps=2", "logging.images_every_steps=1000",
+      "checkpoint.every_steps=2"])
+  result = train_and_evaluate(cfg, str(tmp_path / "run"))
+  exported = from_pretrained(result["pipeline"])
+  before = load_text_encoder(f"{folder}/text_encoder")[1]
+  after = load_text_encoder(f"{result['pipeline']}/text_encoder")[1]
+  same = jax.tree.map(lambda a, b: bool((a == b).all()), before, after)
+  assert all(jax.tree.leaves(same)), "the frozen text encoder changed"
+  assert exported.unet.config == from_pretrained(folder).unet.config

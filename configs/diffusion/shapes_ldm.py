@@ -52,7 +52,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.logging.images_every_steps = 1000  # the export samples once; a second compile would cost test time
   if variant == "finetune":
     config.model.train_text_encoder = False
-    config.model.sample_scheduler = "pndm"
+    config.model.sample_scheduler = ""  # the folder's own
+    config.model.prediction_type = ""  # the model's own
     config.optimizer.learning_rate = 1e-5
     config.train.batch_size = 8
   return config

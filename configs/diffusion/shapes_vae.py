@@ -24,10 +24,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data = data_config("shapes", image_sizes=(64,))
   config.model = vae_model_config(64)
   config.optimizer = optimizer_config(learning_rate=1e-3, warmup_steps=100)
-  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 1500, "num_eval_images": 8,
+  config.train = ml_collections.ConfigDict({"batch_size": 16, "num_steps": 800, "num_eval_images": 8,
                                          "fast_compile": False})
-  config.checkpoint = common.checkpoint_config(every_steps=500, keep=2)
-  config.logging = common.logging_config(every_steps=50, images_every_steps=500)
+  config.checkpoint = common.checkpoint_config(every_steps=400, keep=2)
+  config.logging = common.logging_config(every_steps=50, images_every_steps=400)
   if variant == "tiny":
     config.data.shapes.num_train = 64
     config.data.shapes.num_test = 16

@@ -49,13 +49,13 @@ def ldm_model_config() -> ml_collections.ConfigDict:
       "pretrained": "",  # a diffusers SD folder to fine-tune; "" trains from scratch
       "vae_path": "",  # from scratch: the diffusers vae/ folder to encode images with
       "train_text_encoder": True,
-      "prediction_type": "epsilon",
+      "prediction_type": "epsilon",  # "" with `pretrained`: the model's own (its scheduler config)
       "caption_dropout": 0.1,
       "ema_decay": 0.999,
       "noise_schedule": ml_collections.ConfigDict({
           "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
           "beta_end": 0.012}),
-      "sample_scheduler": "ddim",
+      "sample_scheduler": "ddim",  # "" with `pretrained`: the folder's scheduler
       "vocab": ml_collections.ConfigDict({"num_caption_examples": 2000, "max_merges": 2000}),
       "text": ml_collections.ConfigDict({
           "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -83,7 +83,7 @@ class LDMTrainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, workdir
     m = config.model
-    if m.prediction_type not in objectives.PREDICTION_TYPES:
+    if m.prediction_type and m.prediction_type not in objectives.PREDICTION_TYPES:
       raise ValueError(f"config.model.prediction_type={m.prediction_type!r}; expected one of "
                        f"{objectives.PREDICTION_TYPES}.")
     if m.pretrained:
@@ -97,11 +97,20 @@ class LDMTrainer:
       self.text_encoder = CLIPTextTransformer(self._text_config())
       self.unet = UNet2DConditionModel(self._unet_config())
       self.pretrained_vars = None
-    schedule = dict(m.noise_schedule)
-    self.train_scheduler = load_scheduler(dict(schedule, _class_name="DDPMScheduler",
-                                               prediction_type=m.prediction_type))
+    # The noise schedule (and prediction type) of a pretrained model is its scheduler's; from scratch, the
+    # config's, written with SD's conventions so the exported folder samples like an SD folder.
+    if m.pretrained:
+      schedule = load_scheduler(m.pretrained).to_diffusers_config()
+      if m.prediction_type and m.prediction_type != schedule.get("prediction_type", "epsilon"):
+        raise ValueError(f"config.model.prediction_type={m.prediction_type!r} differs from the pretrained "
+                         f"scheduler's {schedule.get('prediction_type')!r}; leave it empty to use the model's.")
+    else:
+      schedule = dict(m.noise_schedule, prediction_type=m.prediction_type or "epsilon", skip_prk_steps=True,
+                      steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+    self.prediction_type = schedule.get("prediction_type", "epsilon")
+    self.train_scheduler = load_scheduler(schedule, name="ddpm")
     self.alphas_cumprod = jnp.asarray(self.train_scheduler.alphas_cumprod)
-    self.sample_scheduler = load_scheduler(self.train_scheduler.to_diffusers_config(), name=m.sample_scheduler)
+    self.sample_scheduler = load_scheduler(schedule, name=m.sample_scheduler or None)
     self.trainable = TRAINABLE if m.train_text_encoder else ("unet",)
     self.tx = make_optimizer(config.optimizer)
     self._empty_ids = self.tokenizer([""]).input_ids[0]
@@ -183,7 +192,7 @@ class LDMTrainer:
     noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
     t = jax.random.randint(k_t, (latents.shape[0],), 0, self.alphas_cumprod.shape[0])
     noisy = objectives.add_noise(self.alphas_cumprod, latents, noise, t)
-    target = objectives.training_target(m.prediction_type, self.alphas_cumprod, latents, noise, t)
+    target = objectives.training_target(self.prediction_type, self.alphas_cumprod, latents, noise, t)
 
     def loss_fn(params):
       text_params = params["text_encoder"] if "text_encoder" in params else state.frozen["text_encoder"]
