@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from typing import Any, Sequence
 
 import flax.struct
@@ -124,18 +125,25 @@ class LDMTrainer:
     self.pretrained_vars = {"unet": unet_vars["params"], "text_encoder": text_vars["params"]}
 
   def _tokenizer_folder(self) -> str:
-    """Learns the vocabulary from the training captions once per run (the folder is reused on resume)."""
+    """Learns the vocabulary from the training captions once per run (the folder is reused on resume).
+
+    Learning is deterministic, so every process learns the same vocabulary; process 0 writes it into the
+    workdir, the others into a private temporary folder (no process waits on another's file)."""
+    if getattr(self, "_tok_folder", None):
+      return self._tok_folder
     folder = os.path.join(self.workdir, "tokenizer")
-    if os.path.isfile(os.path.join(folder, "vocab.json")):
-      return folder
-    m = self.config.model
-    source = make_source(self.config.data, "train")
-    n = min(len(source), m.vocab.num_caption_examples)
-    words = clip_vocab.caption_words(c for i in range(n) for c in source[i]["captions"])
-    vocab, merges = clip_vocab.learn_clip_bpe(words, m.vocab.max_merges)
-    if jax.process_index() == 0:
+    if not os.path.isfile(os.path.join(folder, "vocab.json")):
+      m = self.config.model
+      source = make_source(self.config.data, "train")
+      n = min(len(source), m.vocab.num_caption_examples)
+      words = clip_vocab.caption_words(c for i in range(n) for c in source[i]["captions"])
+      vocab, merges = clip_vocab.learn_clip_bpe(words, m.vocab.max_merges)
+      if jax.process_index() != 0:
+        folder = tempfile.mkdtemp(prefix="ldm_tokenizer_")
       clip_vocab.write_clip_tokenizer(folder, vocab, merges, model_max_length=m.text.max_position_embeddings)
-    log.info("learned a %d-token vocabulary from %d captions' %d words", len(vocab), n, len(words))
+      log.info("learned a %d-token vocabulary from the %d distinct words of %d examples' captions", len(vocab),
+               len(words), n)
+    self._tok_folder = folder
     return folder
 
   def _text_config(self) -> TextConfig:
