@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import signal
 import threading
 from typing import Any, Mapping, Sequence
@@ -167,7 +168,9 @@ class Checkpointer:
 
   def __init__(self, workdir: str, config: Any = None, *, keep: int = 3, async_save: bool = True,
                match_sections: Sequence[str] = MATCH_SECTIONS, ignored_keys: Sequence[str] = IGNORED_KEYS):
-    self.directory = epath.Path(workdir) / "checkpoints"
+    # orbax wants absolute paths; cloud paths (gs://...) already are.
+    local = "://" not in str(workdir)
+    self.directory = epath.Path(os.path.abspath(workdir) if local else workdir) / "checkpoints"
     self._config = json.loads(config_to_json(config)) if config is not None else None
     self._match_sections, self._ignored_keys = tuple(match_sections), tuple(ignored_keys)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
