@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 def _checkpoint_scorer(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
                        batch_size: int) -> DAMSMScorer:
   """A scorer on the encoders of the latest training checkpoint in `workdir`."""
-  checkpointer = Checkpointer(workdir, config)
-  if checkpointer.latest_step() is None:
-    checkpointer.close()
+  checkpointer = Checkpointer(workdir, config) if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
+  if checkpointer is None or checkpointer.latest_step() is None:
+    if checkpointer is not None:
+      checkpointer.close()
     raise FileNotFoundError(f"{workdir!r} has neither exported encoders (damsm/) nor a checkpoint: train with "
                             "python -m attngan_jax.pretrain_damsm first, or pass --encoders DIR.")
   trainer = DAMSMTrainer(config, load_vocabulary(config, workdir), steps_per_epoch=1)

@@ -8,6 +8,10 @@
 Batch 48, Adam(0.5, 0.999) lr 0.002 x0.98 per epoch down to lr/10, gammas 4/5/10, WORDS_NUM 15, 299 px images,
 frozen ImageNet Inception-v3. The reference trains 600 epochs (82,783 images / 48 = 1,724 steps per
 epoch, about 1M steps). Use the released captions.pickle as the vocabulary to stay id-compatible with released encoders.
+Held out: every eval.every_steps the test losses and the R-precision of the test images (1 caption + 99 of other
+images, 10 folds; eval.num_batches x 48 images) go to eval/* in TensorBoard and
+metrics.jsonl; word-region attention of 4 test captions to <workdir>/attention/. Full-split R-precision:
+    python -m attngan_jax.evaluate_damsm --config configs/attngan/damsm_coco.py --workdir runs/damsm_coco
 Variant "tiny": a few steps with a trainable Inception at small size (smoke test; not run by the suite on CPU).
 """
 import ml_collections
