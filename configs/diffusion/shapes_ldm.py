@@ -31,9 +31,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data = data_config("shapes", image_sizes=(64,))
   config.model = ldm_model_config()
   config.optimizer = optimizer_config(learning_rate=5e-4, warmup_steps=200)
-  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 4000, "fast_compile": False})
-  config.checkpoint = common.checkpoint_config(every_steps=1000, keep=2)
-  config.logging = common.logging_config(every_steps=50, images_every_steps=2000)
+  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 1500, "fast_compile": False})
+  config.checkpoint = common.checkpoint_config(every_steps=250, keep=2)
+  config.logging = common.logging_config(every_steps=50, images_every_steps=500)
   if variant == "tiny":
     config.data.shapes.num_train = 64
     config.data.shapes.num_test = 16
