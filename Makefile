@@ -6,6 +6,8 @@ VENV ?= .venv
 # build of torch through TORCH_SPEC so that pip does not pull a CUDA build.
 EXTRAS ?= test
 TORCH_SPEC ?=
+# Packages installed without their dependencies (CI: open_clip_torch, only for its CLIP vocabulary file).
+NODEPS_PIP ?=
 RUN ?= runs/demo
 PYTEST_ARGS ?=
 
@@ -22,6 +24,7 @@ $(VPY):
 $(STAMP): setup.py | $(VPY)
 	$(if $(TORCH_SPEC),$(VPY) -m pip install --quiet "$(TORCH_SPEC)")
 	$(VPY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(if $(NODEPS_PIP),$(VPY) -m pip install --quiet --no-deps $(NODEPS_PIP))
 	touch $@
 
 install: $(STAMP)
