@@ -143,3 +143,22 @@ def logging_config(every_steps: int = 50, images_every_steps: int = 1000) -> ml_
       "images_every_steps": images_every_steps,
       "progress_bar": True,
   })
+
+
+def experiment_config(*, data: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+                      optimizer: ml_collections.ConfigDict, train: dict, checkpoint_every: int,
+                      images_every: int, keep: int = 2, log_every: int = 50, seed: int = 0
+                      ) -> ml_collections.ConfigDict:
+  """The layout every experiment config has: seed, mesh, distributed, data, model, optimizer, train,
+  checkpoint, logging (train gets `fast_compile: False` unless given; tiny variants turn it on)."""
+  config = ml_collections.ConfigDict()
+  config.seed = seed
+  config.mesh = mesh_config()
+  config.distributed = distributed_config()
+  config.data = data
+  config.model = model
+  config.optimizer = optimizer
+  config.train = ml_collections.ConfigDict({"fast_compile": False, **train})
+  config.checkpoint = checkpoint_config(every_steps=checkpoint_every, keep=keep)
+  config.logging = logging_config(every_steps=log_every, images_every_steps=images_every)
+  return config

@@ -24,16 +24,10 @@ VARIANTS = ("", "tiny", "finetune")
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of shapes_ldm.py; use one of {VARIANTS}.")
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.mesh = common.mesh_config()
-  config.distributed = common.distributed_config()
-  config.data = data_config("shapes", image_sizes=(64,))
-  config.model = ldm_model_config()
-  config.optimizer = optimizer_config(learning_rate=5e-4, warmup_steps=200)
-  config.train = ml_collections.ConfigDict({"batch_size": 32, "num_steps": 1500, "fast_compile": False})
-  config.checkpoint = common.checkpoint_config(every_steps=250, keep=2)
-  config.logging = common.logging_config(every_steps=50, images_every_steps=500)
+  config = common.experiment_config(
+      data=data_config("shapes", image_sizes=(64,)), model=ldm_model_config(),
+      optimizer=optimizer_config(learning_rate=5e-4, warmup_steps=200),
+      train={"batch_size": 32, "num_steps": 1500}, checkpoint_every=250, images_every=500)
   if variant == "tiny":
     config.data.shapes.num_train = 64
     config.data.shapes.num_test = 16
