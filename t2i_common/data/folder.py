@@ -20,7 +20,8 @@ from typing import Any
 
 import ml_collections
 
-from t2i_common.data.records import BadRecordError, decode_image, read_caption_file, select_captions
+from t2i_common.data.records import (BadRecordError, decode_image, iter_jsonl, read_caption_file,
+                                     select_captions)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 DEFAULT_CAPTION_FILES = ("captions.jsonl", "metadata.jsonl")
@@ -46,28 +47,21 @@ def _list_images(root: str) -> list[str]:
 def _read_jsonl(path: str) -> tuple[list[str], dict[str, list[str]], dict[str, int]]:
   """Returns (file names in first-seen order, captions per file, class ids per file) from a JSONL file."""
   order, captions, class_ids = [], {}, {}
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        entry = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e}).") from None
-      if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
-        raise ValueError(f"{path}:{line_no}: each line needs a \"file_name\" string, got {line.strip()[:100]!r}.")
-      name = entry["file_name"].replace(os.sep, "/")
-      text = entry.get("captions", entry.get("text", []))
-      if isinstance(text, str):
-        text = [text]
-      if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
-        raise ValueError(f"{path}:{line_no}: \"text\"/\"captions\" must be a string or a list of strings.")
-      if name not in captions:
-        order.append(name)
-        captions[name] = []
-      captions[name].extend(text)
-      if "class_id" in entry:
-        class_ids[name] = int(entry["class_id"])
+  for line_no, entry in iter_jsonl(path):
+    if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
+      raise ValueError(f"{path}:{line_no}: each line needs a \"file_name\" string, got {json.dumps(entry)[:100]}.")
+    name = entry["file_name"].replace(os.sep, "/")
+    text = entry.get("captions", entry.get("text", []))
+    if isinstance(text, str):
+      text = [text]
+    if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
+      raise ValueError(f"{path}:{line_no}: \"text\"/\"captions\" must be a string or a list of strings.")
+    if name not in captions:
+      order.append(name)
+      captions[name] = []
+    captions[name].extend(text)
+    if "class_id" in entry:
+      class_ids[name] = int(entry["class_id"])
   return order, captions, class_ids
 
 

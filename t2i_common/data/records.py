@@ -8,9 +8,10 @@ broken is ever trained on silently.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -184,3 +185,16 @@ def prepare_main(builder_cls, argv: list[str] | None = None) -> None:
   builder = open_tfds_builder(builder_cls, args.data_dir, args.manual_dir, prepare=True)
   print(f"built {builder.name} in {builder.data_dir}: "
         + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items()))
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+  """(line number, parsed value) for each non-blank line; invalid JSON fails naming the file and line."""
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        yield line_no, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not valid JSON ({e}).") from None
+

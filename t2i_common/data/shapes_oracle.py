@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from t2i_common.data.records import iter_jsonl
 from t2i_common.data.shapes_captions import parse_caption
 from t2i_common.data.shapes_render import COLOR_NAMES, COLORS, SHAPES, coverage, unit_moments
 
@@ -247,33 +248,26 @@ def _read_examples(path: str) -> tuple[list[str], list[list[tuple[str, str]]]]:
     raise FileNotFoundError(f"--examples file {path!r} does not exist.")
   base = os.path.dirname(os.path.abspath(path))
   paths, objects = [], []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: not valid JSON ({e}).") from None
-      if not isinstance(record, dict) or "image" not in record or not ({"objects", "caption"} & set(record)):
-        raise ValueError(f"{path}:{lineno}: each line needs 'image' and 'objects' (or 'caption'); "
-                         f"got {line.strip()[:100]!r}.")
-      image_path = record["image"] if os.path.isabs(record["image"]) else os.path.join(base, record["image"])
-      if not os.path.isfile(image_path):
-        raise FileNotFoundError(f"{path}:{lineno}: image {image_path!r} does not exist.")
-      listed = record.get("objects")
-      if listed is None:
-        listed = parse_caption(record["caption"])["objects"]
-      try:
-        pairs = _pairs(listed)
-      except (KeyError, ValueError, IndexError, TypeError):
-        raise ValueError(f"{path}:{lineno}: 'objects' must be a list of {{'color', 'shape'}}; got {listed!r}.")
-      for color, shape in pairs:
-        if color not in COLORS or shape not in SHAPES:
-          raise ValueError(f"{path}:{lineno}: unknown object ({color!r}, {shape!r}); colours {COLOR_NAMES}, "
-                           f"shapes {SHAPES}.")
-      paths.append(image_path)
-      objects.append(pairs)
+  for lineno, record in iter_jsonl(path):
+    if not isinstance(record, dict) or "image" not in record or not ({"objects", "caption"} & set(record)):
+      raise ValueError(f"{path}:{lineno}: each line needs 'image' and 'objects' (or 'caption'); "
+                       f"got {json.dumps(record)[:100]}.")
+    image_path = record["image"] if os.path.isabs(record["image"]) else os.path.join(base, record["image"])
+    if not os.path.isfile(image_path):
+      raise FileNotFoundError(f"{path}:{lineno}: image {image_path!r} does not exist.")
+    listed = record.get("objects")
+    if listed is None:
+      listed = parse_caption(record["caption"])["objects"]
+    try:
+      pairs = _pairs(listed)
+    except (KeyError, ValueError, IndexError, TypeError):
+      raise ValueError(f"{path}:{lineno}: 'objects' must be a list of {{'color', 'shape'}}; got {listed!r}.")
+    for color, shape in pairs:
+      if color not in COLORS or shape not in SHAPES:
+        raise ValueError(f"{path}:{lineno}: unknown object ({color!r}, {shape!r}); colours {COLOR_NAMES}, "
+                         f"shapes {SHAPES}.")
+    paths.append(image_path)
+    objects.append(pairs)
   return paths, objects
 
 
