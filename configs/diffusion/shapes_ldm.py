@@ -27,7 +27,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = common.experiment_config(
       data=data_config("shapes", image_sizes=(64,)), model=ldm_model_config(),
       optimizer=optimizer_config(learning_rate=5e-4, warmup_steps=200),
-      train={"batch_size": 32, "num_steps": 1500}, checkpoint_every=250, images_every=500)
+      train={"batch_size": 32, "num_steps": 1000, "export_ema": True}, checkpoint_every=250,
+      images_every=500)
   if variant == "tiny":
     config.data.shapes.num_train = 64
     config.data.shapes.num_test = 16

@@ -209,11 +209,16 @@ class LDMTrainer:
       return objectives.mse(prediction, target)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    state = state.apply_gradients(grads, ema_decay=m.ema_decay)
+    # EMA warm-up: with a fixed 0.999 a run of a few thousand steps would still average in the random init.
+    decay = jnp.minimum(m.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    state = state.apply_gradients(grads, ema_decay=decay)
     return state, {"loss": loss, "grad_norm": grad_norm(grads)}
 
   # -- sampling, hooks, export ----------------------------------------------------------------------------
-  def pipeline(self, state: LDMState, use_ema: bool = True) -> Pipeline:
+  def pipeline(self, state: LDMState, use_ema: bool | None = None) -> Pipeline:
+    """The pipeline of the current weights: EMA ones unless `use_ema` (default config.train.export_ema) is off."""
+    if use_ema is None:
+      use_ema = self.config.train.get("export_ema", True)
     params = jax.device_get(state.ema_params if use_ema else state.params)
     frozen = jax.device_get(state.frozen)
     text = params["text_encoder"] if "text_encoder" in params else frozen["text_encoder"]
