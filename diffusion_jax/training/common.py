@@ -1,11 +1,9 @@
-"""What the VAE and LDM trainers share: optimizer from config, batch images, image-grid conversion."""
+"""What the VAE and LDM trainers share: the optimizer from config, the batch images, the gradient norm."""
 from __future__ import annotations
 
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 
@@ -41,19 +39,5 @@ def batch_images(batch: dict) -> jax.Array:
   return batch["image"]
 
 
-def to_uint8(images: Any) -> np.ndarray:
-  """[-1, 1] float images -> uint8 for grids."""
-  x = np.asarray(jax.device_get(images), np.float32)
-  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def grad_norm(grads: Any) -> jax.Array:
   return optax.global_norm(grads)
-
-
-def tree_size(tree: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def cast_floating(tree: Any, dtype: Any) -> Any:
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

@@ -234,12 +234,7 @@ class LDMTrainer:
   def export(self, state: LDMState, folder: str) -> dict[str, Any]:
     """Writes the EMA pipeline as a diffusers folder, samples test captions with it and scores them."""
     pipe = self.pipeline(state)
-    pipe.save_pretrained(folder)
-    if not self.config.model.pretrained:  # keep the learned vocabulary's files exactly as written
-      for name in os.listdir(self._tokenizer_folder()):
-        with open(os.path.join(self._tokenizer_folder(), name), "rb") as src, \
-             open(os.path.join(folder, "tokenizer", name), "wb") as dst:
-          dst.write(src.read())
+    pipe.save_pretrained(folder)  # the tokenizer saves its learned vocabulary itself
     metrics = SampleHook(self, self.workdir, 1).sample_and_score(pipe, "final")
     log.info("pipeline written to %s; samples: %s", folder, metrics)
     return {"pipeline": folder, **metrics}

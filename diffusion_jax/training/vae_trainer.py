@@ -20,9 +20,9 @@ from diffusion_jax import convert
 from diffusion_jax.model_configs import VAEConfig
 from diffusion_jax.models.vae import AutoencoderKL
 from diffusion_jax.training import objectives
-from diffusion_jax.training.common import batch_images, grad_norm, make_optimizer, to_uint8
+from diffusion_jax.training.common import batch_images, grad_norm, make_optimizer
 from diffusion_jax.training.discriminator import PatchDiscriminator
-from t2i_common.logging import save_image_grid
+from t2i_common.logging import save_image_grid, to_uint8
 from t2i_common.train_loop import TrainState
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class ReconstructionHook:
     err = np.abs(np.clip(recon, -1, 1) - self.images)
     mse = np.mean(np.square((np.clip(recon, -1, 1) - self.images) / 2.0))
     writer.write_scalars(step, {"eval/rec_l1": float(err.mean()), "eval/psnr": float(-10 * np.log10(mse + 1e-12))})
-    grid = np.concatenate([np.concatenate(list(to_uint8(self.images)), 1),
-                           np.concatenate(list(to_uint8(recon)), 1)], 0)
+    rows = [to_uint8(np.clip((x + 1.0) / 2.0, 0.0, 1.0)) for x in (self.images, recon)]
+    grid = np.concatenate([np.concatenate(list(r), 1) for r in rows], 0)
     writer.write_images(step, {"reconstructions": grid})
     save_image_grid(grid[None], os.path.join(self.out_dir, f"step_{step:07d}.png"))
