@@ -43,7 +43,9 @@ def damsm_config(dataset: str, *, words_num: int, image_size: int, backbone: str
       "init_image_encoder": "",
   })
   config.optimizer = optimizer_config(0.002)
-  config.train = ml_collections.ConfigDict({"batch_size": batch_size, "num_steps": num_steps})
+  # ema_decay > 0 keeps an exponential moving average of the encoders, which evaluation and export then use
+  # (the reference keeps none: 0).
+  config.train = ml_collections.ConfigDict({"batch_size": batch_size, "num_steps": num_steps, "ema_decay": 0.0})
   config.eval = ml_collections.ConfigDict({"every_steps": 2000, "num_batches": 50, "batch_size": batch_size})
   config.checkpoint = common.checkpoint_config(every_steps=2000, keep=3)
   config.logging = common.logging_config(every_steps=50, images_every_steps=2000)

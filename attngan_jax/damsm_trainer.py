@@ -36,7 +36,7 @@ from attngan_jax.text import TextTransform, Vocabulary
 from attngan_jax.text_encoder import TextEncoder
 from t2i_common import parallel
 from t2i_common.data.loader import iterate_eval
-from t2i_common.train_loop import TrainState
+from t2i_common.train_loop import TrainState, ema_decay_at
 from t2i_common.weights import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,17 @@ class DAMSMTrainer:
   def init_state(self, rng: jax.Array) -> TrainState:
     k_init, k_state = jax.random.split(rng)
     params, batch_stats = self.init_variables(k_init)
-    return TrainState.create(params=params, tx=self.make_tx(params), rng=k_state, batch_stats=batch_stats)
+    return TrainState.create(params=params, tx=self.make_tx(params), rng=k_state, batch_stats=batch_stats,
+                             ema=self.ema_decay > 0)
+
+  @property
+  def ema_decay(self) -> float:
+    return float(self.config.train.get("ema_decay", 0.0))
+
+  @staticmethod
+  def eval_params(state: TrainState) -> Any:
+    """The weights evaluated and exported: the EMA ones when the run keeps them (train.ema_decay > 0)."""
+    return state.params if state.ema_params is None else state.ema_params
 
   def image_variables(self, params: Any, batch_stats: Any) -> dict:
     variables = {"params": params["image_encoder"]}
@@ -171,7 +181,9 @@ class DAMSMTrainer:
       return total, (parts, stats, glob, sentence)
 
     (loss, (parts, stats, glob, sentence)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads, batch_stats=stats)
+    new_state = state.apply_gradients(
+        grads, batch_stats=stats,
+        ema_decay=ema_decay_at(state.step, self.ema_decay) if state.ema_params is not None else None)
     valid = jnp.ones((glob.shape[0],), bool)
     metrics = {"loss": loss, **{k: parts[k] for k in LOSS_PARTS},
                "grad_norm_text": optax.global_norm(grads["text_encoder"]),
@@ -183,7 +195,7 @@ class DAMSMTrainer:
   def eval_step(self, state: TrainState, batch: dict) -> dict:
     """One padded test batch: losses (dropout off, running BatchNorm statistics), within-batch accuracy, and the
     global image / sentence vectors (with class ids and mask) for R-precision."""
-    regions, glob, words, sentence, _ = self.encode(state.params, state.batch_stats, batch, train=False)
+    regions, glob, words, sentence, _ = self.encode(self.eval_params(state), state.batch_stats, batch, train=False)
     valid = batch["mask"].astype(bool)
     _, parts = damsm_loss(regions, glob, words, sentence, batch["length"], batch["class_id"],
                           self.config.model.loss, example_mask=valid)
@@ -199,7 +211,7 @@ class DAMSMTrainer:
     Beside convert_torch's fields, the configs record words_num (text) and image_size (image), which
     r_precision.DAMSMScorer.from_export uses to prepare captions and images as in training.
     """
-    params = jax.device_get(state.params)
+    params = jax.device_get(self.eval_params(state))
     tcfg, icfg = self.config.model.text_encoder, self.config.model.image_encoder
     text_dir, image_dir = os.path.join(out_dir, "text_encoder"), os.path.join(out_dir, "image_encoder")
     if jax.process_index() == 0:
@@ -272,7 +284,8 @@ class AttentionHook:
     self._attend = jax.jit(self._features, out_shardings=parallel.replicated(mesh))
 
   def _features(self, state: TrainState, batch: dict) -> dict:
-    regions, _, words, _, _ = self.trainer.encode(state.params, state.batch_stats, batch, train=False)
+    regions, _, words, _, _ = self.trainer.encode(self.trainer.eval_params(state), state.batch_stats, batch,
+                                                  train=False)
     return {"regions": regions[:self.num], "words": words[:self.num]}
 
   def figure(self, state: TrainState) -> np.ndarray:

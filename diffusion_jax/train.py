@@ -55,10 +55,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {"vae": folder, "scaling_factor": scale, "step": loop.step}
   from diffusion_jax.training.ldm_trainer import LDMTrainer
   trainer = LDMTrainer(config, workdir)
+  if config.model.cache_latents:
+    trainer.build_latent_cache()
   loader = make_loader(config.data, "train", global_batch_size=config.train.batch_size, seed=config.seed,
                        text_transform=trainer.text_transform)
   loop = TrainLoop(config, workdir, init_state=trainer.init_state, train_step=trainer.train_step,
-                   loader=loader, hooks=trainer.hooks(workdir))
+                   loader=loader, hooks=trainer.hooks(workdir), batch_to_device=trainer.batch_to_device)
   state = loop.run()
   if loop.preempted:
     return {"preempted": True, "step": loop.step}

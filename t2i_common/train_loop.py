@@ -94,6 +94,12 @@ class TrainState:
                         batch_stats=self.batch_stats if batch_stats is None else batch_stats)
 
 
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """EMA decay with warm-up, min(decay, (1 + step) / (10 + step)): with a fixed 0.999 a run of a few thousand
+  steps would still average in its random initialisation."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def ema_update(ema: Any, params: Any, decay: float | jax.Array) -> Any:
   """ema <- decay * ema + (1 - decay) * params, leaf by leaf (in each leaf's dtype)."""
   return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema, params)

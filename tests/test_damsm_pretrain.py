@@ -63,3 +63,27 @@ def test_pretrain_damsm_tiny_end_to_end(tmp_path, fast_compile):
   scored = evaluate(config, str(run))
   assert scored["num_images"] == 16 and scored["num_folds"] == 2 and 0.0 <= scored["r_precision"] <= 1.0
   assert json.load(open(run / "eval" / "r_precision.json"))["r_precision"] == scored["r_precision"]
+
+
+def test_ema_weights_are_kept_and_evaluated(tmp_path, fast_compile):
+  """train.ema_decay > 0: the state keeps a warmed-up EMA of the encoders, and eval / export read it."""
+  from attngan_jax.damsm_trainer import DAMSMTrainer
+  from attngan_jax.pretrain_damsm import load_vocabulary
+  from t2i_common import parallel
+  from t2i_common.data.loader import make_loader
+  from t2i_common.train_loop import ema_decay_at
+  config = load_config(CONFIG + ":tiny", ["train.ema_decay=0.9"])
+  vocab = load_vocabulary(config, str(tmp_path))
+  trainer = DAMSMTrainer(config, vocab, steps_per_epoch=8)
+  loader = make_loader(config.data, "train", global_batch_size=8, seed=0, text_transform=trainer.text_transform)
+  mesh = parallel.create_mesh(config.mesh)
+  state = trainer.init_state(jax.random.key(0))
+  assert state.ema_params is not None
+  new, _ = jax.jit(trainer.train_step)(state, parallel.global_batch(next(loader), mesh))
+  decay = float(ema_decay_at(jnp.asarray(0), 0.9))
+  assert decay == pytest.approx(0.1)  # the warm-up, not 0.9, at step 0
+  expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, new.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), new.ema_params, expected)
+  assert trainer.eval_params(new) is new.ema_params
+  plain = DAMSMTrainer(load_config(CONFIG + ":tiny", ["train.ema_decay=0.0"]), vocab, steps_per_epoch=8)
+  assert plain.init_state(jax.random.key(0)).ema_params is None

@@ -95,3 +95,29 @@ def test_finetune_variant_trains_a_pretrained_sd_folder(tmp_path):
   same = jax.tree.map(lambda a, b: bool((a == b).all()), before, after)
   assert all(jax.tree.leaves(same)), "the frozen text encoder changed"
   assert exported.unet.config == from_pretrained(folder).unet.config
+
+
+def test_cached_latents_give_the_step_that_encoding_gives(trained, tmp_path):
+  """config.model.cache_latents only moves the VAE encoder out of the step: same posterior, same loss."""
+  import jax
+  from diffusion_jax.training.latent_cache import MEAN
+  from diffusion_jax.training.ldm_trainer import LDMTrainer
+  from t2i_common import parallel
+  from t2i_common.data.loader import make_loader
+  _, vae, _ = trained
+  cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", [f"model.vae_path={vae['vae']}"])
+  trainer = LDMTrainer(cfg, str(tmp_path))
+  options = parallel.run_once_compiler_options()
+  state = jax.jit(trainer.init_state, compiler_options=options)(jax.random.key(0))
+  batch = next(make_loader(cfg.data, "train", global_batch_size=8, seed=0, text_transform=trainer.text_transform))
+  mesh = parallel.create_mesh(cfg.mesh)
+  step = jax.jit(trainer.train_step, compiler_options=options)
+  encoded_batch = trainer.batch_to_device(batch, mesh)
+  assert MEAN not in encoded_batch
+  _, encoded = step(state, encoded_batch)
+  trainer.build_latent_cache(batch_size=16)
+  cached_batch = trainer.batch_to_device(batch, mesh)
+  assert MEAN in cached_batch and "image" not in cached_batch
+  _, cached = step(state, cached_batch)
+  assert float(cached["loss"]) == pytest.approx(float(encoded["loss"]), rel=1e-4, abs=1e-6)
+  assert float(cached["grad_norm"]) == pytest.approx(float(encoded["grad_norm"]), rel=1e-3)

@@ -30,10 +30,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of shapes_ldm.py; use one of {VARIANTS}.")
   config = common.experiment_config(
-      data=data_config("shapes", image_sizes=(64,)), model=ldm_model_config(),
-      optimizer=optimizer_config(learning_rate=5e-4, warmup_steps=200),
-      train={"batch_size": 32, "num_steps": 1000, "export_ema": True}, checkpoint_every=250,
-      images_every=500)
+      data=data_config("shapes", image_sizes=(32,)), model=ldm_model_config(),
+      optimizer=optimizer_config(learning_rate=1e-3, warmup_steps=200),
+      train={"batch_size": 32, "num_steps": 2400, "export_ema": True}, checkpoint_every=600,
+      images_every=600)
+  config.data.shapes.resolution = 32  # as the VAE of shapes_vae.py: 8 x 8 x 4 latents
+  config.model.cache_latents = True
+  config.model.snr_gamma = 5.0
+  config.model.ema_decay = 0.995
+  config.model.unet.block_out_channels = (48, 96, 96)
   if variant == "tiny":
     config.data.shapes.num_train = 64
     config.data.shapes.num_test = 16
@@ -52,6 +57,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.logging.images_every_steps = 1000  # the export samples once; a second compile would cost test time
   if variant == "finetune":
     config.model.train_text_encoder = False
+    config.model.cache_latents = False  # real fine-tuning data is usually augmented, so encode every step
     config.model.sample_scheduler = ""  # the folder's own
     config.model.prediction_type = ""  # the model's own
     config.optimizer.learning_rate = 1e-5

@@ -28,15 +28,17 @@ from diffusion_jax import clip_vocab, convert
 from diffusion_jax.model_configs import TextConfig, UNetConfig
 from diffusion_jax.models.clip_text import CLIPTextTransformer
 from diffusion_jax.models.unet import UNet2DConditionModel
-from diffusion_jax.models.vae import AutoencoderKL
+from diffusion_jax.models.vae import AutoencoderKL, DiagonalGaussian
 from diffusion_jax.pipeline import Pipeline
 from diffusion_jax.schedulers import load_scheduler
 from diffusion_jax.tokenizer import CLIPTokenizer
 from diffusion_jax.training import objectives
 from diffusion_jax.training.common import batch_images, grad_norm, make_optimizer
+from diffusion_jax.training.latent_cache import MEAN, STD, LatentCache
+from t2i_common import parallel
 from t2i_common.data.loader import iterate_eval, make_source
 from t2i_common.logging import save_image_grid
-from t2i_common.train_loop import TrainState, ema_update
+from t2i_common.train_loop import TrainState, ema_decay_at
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,11 @@ def ldm_model_config() -> ml_collections.ConfigDict:
       "prediction_type": "epsilon",  # "" with `pretrained`: the model's own (its scheduler config)
       "caption_dropout": 0.1,
       "ema_decay": 0.999,
+      # Min-SNR-gamma loss weighting (0 = plain MSE); see objectives.min_snr_weights.
+      "snr_gamma": 0.0,
+      # Encode the training split once and keep the VAE posteriors in host memory (small datasets; see
+      # training/latent_cache.py) instead of running the VAE encoder at every step.
+      "cache_latents": False,
       "noise_schedule": ml_collections.ConfigDict({
           "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
           "beta_end": 0.012}),
@@ -170,6 +177,27 @@ class LDMTrainer:
     return self.vae.config.downsample_factor
 
   # -- data -----------------------------------------------------------------------------------------------
+  def build_latent_cache(self, batch_size: int = 64) -> LatentCache:
+    """Encodes this process's share of the training split once (config.model.cache_latents)."""
+    encode_fn = jax.jit(lambda p, x: self.vae.apply({"params": p}, x, method=AutoencoderKL.encode))
+    params = self.vae_vars["params"]
+
+    def encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+      n = len(images)
+      if n < batch_size:  # the last batch: pad rather than compile a second shape
+        images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
+      posterior = encode_fn(params, images)
+      return np.asarray(posterior.mean)[:n], np.asarray(posterior.std)[:n]
+
+    self.latent_cache = LatentCache.build(encode, params, self.config.data, batch_size=batch_size,
+                                          workdir=self.workdir)
+    return self.latent_cache
+
+  def batch_to_device(self, batch: dict, mesh: jax.sharding.Mesh) -> dict:
+    """The loader's batch as global arrays; with a latent cache, its VAE posteriors replace the images."""
+    cache = getattr(self, "latent_cache", None)
+    return parallel.global_batch(cache.lookup(batch) if cache is not None else batch, mesh)
+
   def text_transform(self, caption: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Token ids of the caption, or of the empty prompt with probability caption_dropout (for guidance)."""
     if rng.random() < self.config.model.caption_dropout:
@@ -193,9 +221,11 @@ class LDMTrainer:
 
   def train_step(self, state: LDMState, batch: dict) -> tuple[LDMState, dict]:
     m = self.config.model
-    images = batch_images(batch)
     k_latent, k_noise, k_t = jax.random.split(state.step_rng(), 3)
-    posterior = self.vae.apply({"params": state.frozen["vae"]}, images, method=AutoencoderKL.encode)
+    if MEAN in batch:  # encoded once by the latent cache
+      posterior = DiagonalGaussian(batch[MEAN], 2.0 * jnp.log(batch[STD]))
+    else:
+      posterior = self.vae.apply({"params": state.frozen["vae"]}, batch_images(batch), method=AutoencoderKL.encode)
     latents = posterior.sample(k_latent) * self.vae.config.scaling_factor
     noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
     t = jax.random.randint(k_t, (latents.shape[0],), 0, self.alphas_cumprod.shape[0])
@@ -206,12 +236,12 @@ class LDMTrainer:
       text_params = params["text_encoder"] if "text_encoder" in params else state.frozen["text_encoder"]
       context = self.text_encoder.apply({"params": text_params}, batch["input_ids"])["last_hidden_state"]
       prediction = self.unet.apply({"params": params["unet"]}, noisy, t, context)
-      return objectives.mse(prediction, target)
+      weights = (objectives.min_snr_weights(self.prediction_type, self.alphas_cumprod, t, m.snr_gamma)
+                 if m.snr_gamma > 0 else None)
+      return objectives.mse(prediction, target, weights)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    # EMA warm-up: with a fixed 0.999 a run of a few thousand steps would still average in the random init.
-    decay = jnp.minimum(m.ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    state = state.apply_gradients(grads, ema_decay=decay)
+    state = state.apply_gradients(grads, ema_decay=ema_decay_at(state.step, m.ema_decay))
     return state, {"loss": loss, "grad_norm": grad_norm(grads)}
 
   # -- sampling, hooks, export ----------------------------------------------------------------------------
