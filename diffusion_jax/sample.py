@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> list[str]:
     paths.append(path)
     captions.append(f"{args.prompt[i]} (seed {seeds[seed]})")
   grid = os.path.join(args.out, "grid.png")
-  save_image_grid(images, grid, captions=captions, ncols=len(seeds))
+  save_image_grid(images, grid, captions=captions, ncols=len(seeds), min_side=96)
   paths.append(grid)
   print(f"wrote {len(images)} image(s) to {os.path.abspath(args.out)} and the grid {os.path.abspath(grid)}")
   return paths

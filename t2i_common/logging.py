@@ -233,8 +233,11 @@ def _caption_lines(caption: str, width_px: int, font: ImageFont.ImageFont, max_l
 
 def image_grid(images: np.ndarray | Sequence[np.ndarray], captions: Sequence[str] | None = None,
                ncols: int | None = None, *, padding: int = 2, max_caption_lines: int = 4,
-               font_size: int | None = None) -> np.ndarray:
-  """Tiles [N, H, W, 3] (or [N, H, W] grey) images into one uint8 [H', W', 3] grid with optional captions."""
+               font_size: int | None = None, min_side: int = 0) -> np.ndarray:
+  """Tiles [N, H, W, 3] (or [N, H, W] grey) images into one uint8 [H', W', 3] grid with optional captions.
+
+  Images whose shorter side is below `min_side` are enlarged by an integer factor (nearest neighbour, so
+  pixels stay visible as they are) towards it: 32 px samples leave no room for a readable caption."""
   images = to_uint8(np.stack([np.asarray(i) for i in images]) if not isinstance(images, np.ndarray) else images)
   if images.ndim == 3:
     images = images[..., None]
@@ -244,6 +247,10 @@ def image_grid(images: np.ndarray | Sequence[np.ndarray], captions: Sequence[str
   n, h, w, _ = images.shape
   if n == 0:
     raise ValueError("image_grid needs at least one image.")
+  factor = max(1, min_side // max(1, min(h, w)))
+  if factor > 1:
+    images = images.repeat(factor, axis=1).repeat(factor, axis=2)
+    h, w = h * factor, w * factor
   if captions is not None and len(captions) != n:
     raise ValueError(f"got {len(captions)} captions for {n} images; pass one caption per image.")
   ncols = ncols or int(math.ceil(math.sqrt(n)))

@@ -66,3 +66,12 @@ def test_image_grid_input_errors():
     t2i_logging.image_grid(np.zeros((2, 4, 4, 3), np.uint8), captions=["a"])
   grey = t2i_logging.image_grid(np.zeros((1, 4, 4), np.uint8))
   assert grey.shape == (8, 8, 3)
+
+
+def test_image_grid_enlarges_small_images_by_whole_factors():
+  images = np.zeros((2, 32, 32, 3), np.uint8)
+  images[0, 0, 0] = 255
+  grid = t2i_logging.image_grid(images, ncols=2, min_side=96, padding=0)
+  assert grid.shape == (96, 192, 3)
+  assert (grid[:3, :3] == 255).all() and (grid[3:6, 3:6] == 0).all()  # nearest neighbour, 3 x 3 blocks
+  assert t2i_logging.image_grid(images, ncols=2, min_side=40, padding=0).shape == (32, 64, 3)

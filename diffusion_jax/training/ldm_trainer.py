@@ -293,7 +293,7 @@ class SampleHook:
     images = pipe(self.captions, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
                   seeds=list(range(s.seed, s.seed + len(self.captions))))
     uint8 = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
-    save_image_grid(uint8, os.path.join(self.out_dir, f"{tag}.png"), captions=self.captions)
+    save_image_grid(uint8, os.path.join(self.out_dir, f"{tag}.png"), captions=self.captions, min_side=96)
     metrics: dict[str, float] = {}
     if self.objects is not None:
       from t2i_common.data.shapes_oracle import score

@@ -63,7 +63,8 @@ def write_preview(config, split: str, num: int, out_dir: str, *, augment: bool =
         line["key"] = record["key"]
         line["objects"] = _objects(record, keep_boxes=not (config.random_crop or config.random_flip))
       f.write(json.dumps(line) + "\n")
-  save_image_grid(images, os.path.join(out_dir, "grid.png"), captions=[str(c) for c in batch["caption"]])
+  save_image_grid(images, os.path.join(out_dir, "grid.png"), captions=[str(c) for c in batch["caption"]],
+                  min_side=96)
   return path
 
 
