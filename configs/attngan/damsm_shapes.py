@@ -16,8 +16,8 @@ captions of other object sets, 10 folds), on 2 idle CPU cores:
   the first one's trajectory was 66.5 / 72.1 / 83.6 / 89.7 % at steps 500 / 1000 / 1500 / 2000.
 So >= 90 % takes about 2,000 steps, i.e. about 17-19 minutes here, not 15. Tried without gain: annealing the
 lr x0.6 per epoch (76.7 % after 1,400 steps), lr 0.003 with no embedding dropout (85.1 % after 1,700 steps).
-A step alone takes 0.69 s of the two cores: 0.27 s image encoder and 0.23 s word/sentence losses over all 64 x 64
-pairs (forward + backward each), 0.01 s LSTM, the rest optimizer and glue; loading a batch takes another 0.09 s. Remaining errors are mostly shapes
+Where a step's time goes (each part jitted alone, batch 64, forward + backward): image encoder 0.27 s,
+word/sentence losses over all 64 x 64 pairs 0.23 s, LSTM 0.01 s; loading a batch (same cores) 0.09 s. Remaining errors are mostly shapes
 confused at 64 px (ring/cross/star, diamond/triangle); colours are almost always right.
 
 Variant "tiny" is the test-suite version (3 steps on 32 px images, 16 test images).
