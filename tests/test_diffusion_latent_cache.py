@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.training import objectives
-from diffusion_jax.training.latent_cache import MEAN, STD, LatentCache
+from diffusion_jax.training.latent_cache import LOGVAR, MEAN, LatentCache
 from t2i_common.config import load_config
 from t2i_common.data.loader import make_loader
 
@@ -13,13 +13,13 @@ def _data():
 
 
 def _fake_encode(calls):
-  """A deterministic stand-in for the VAE encoder: 4 x 4 average pooling, std from the pixel range."""
+  """A deterministic stand-in for the VAE encoder: 4 x 4 average pooling, log-variance from the pixel spread."""
   def encode(images):
     calls.append(len(images))
     b, h, w, c = images.shape
     mean = images.reshape(b, h // 4, 4, w // 4, 4, c).mean((2, 4))
-    std = 0.1 + images.reshape(b, h // 4, 4, w // 4, 4, c).std((2, 4))
-    return mean, std
+    logvar = np.log(0.01 + images.reshape(b, h // 4, 4, w // 4, 4, c).var((2, 4)))
+    return mean, logvar
   return encode
 
 
@@ -32,9 +32,9 @@ def test_cache_rows_match_the_encoded_images_of_each_batch(tmp_path):
     batch = next(loader)
     looked_up = cache.lookup(batch)
     assert not any(k.startswith("image") for k in looked_up)
-    mean, std = _fake_encode([])(np.asarray(batch["image"]))
+    mean, logvar = _fake_encode([])(np.asarray(batch["image"]))
     np.testing.assert_allclose(looked_up[MEAN], mean, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(looked_up[STD], std, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(looked_up[LOGVAR], logvar, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(looked_up["index"], batch["index"])
     assert list(looked_up["caption"]) == list(batch["caption"])
 

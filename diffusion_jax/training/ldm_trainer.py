@@ -34,10 +34,10 @@ from diffusion_jax.schedulers import load_scheduler
 from diffusion_jax.tokenizer import CLIPTokenizer
 from diffusion_jax.training import objectives
 from diffusion_jax.training.common import batch_images, grad_norm, make_optimizer
-from diffusion_jax.training.latent_cache import MEAN, STD, LatentCache
+from diffusion_jax.training.latent_cache import LOGVAR, MEAN, LatentCache
 from t2i_common import parallel
 from t2i_common.data.loader import iterate_eval, make_source
-from t2i_common.logging import save_image_grid
+from t2i_common.logging import CAPTIONED_MIN_SIDE, save_image_grid
 from t2i_common.train_loop import TrainState, ema_decay_at
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class LDMTrainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, workdir
+    self.latent_cache: LatentCache | None = None  # set by build_latent_cache (config.model.cache_latents)
     m = config.model
     if m.prediction_type and m.prediction_type not in objectives.PREDICTION_TYPES:
       raise ValueError(f"config.model.prediction_type={m.prediction_type!r}; expected one of "
@@ -182,12 +183,12 @@ class LDMTrainer:
     encode_fn = jax.jit(lambda p, x: self.vae.apply({"params": p}, x, method=AutoencoderKL.encode))
     params = self.vae_vars["params"]
 
-    def encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (mean, logvar)
       n = len(images)
       if n < batch_size:  # the last batch: pad rather than compile a second shape
         images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
       posterior = encode_fn(params, images)
-      return np.asarray(posterior.mean)[:n], np.asarray(posterior.std)[:n]
+      return np.asarray(posterior.mean)[:n], np.asarray(posterior.logvar)[:n]
 
     self.latent_cache = LatentCache.build(encode, params, self.config.data, batch_size=batch_size,
                                           workdir=self.workdir)
@@ -195,7 +196,7 @@ class LDMTrainer:
 
   def batch_to_device(self, batch: dict, mesh: jax.sharding.Mesh) -> dict:
     """The loader's batch as global arrays; with a latent cache, its VAE posteriors replace the images."""
-    cache = getattr(self, "latent_cache", None)
+    cache = self.latent_cache
     return parallel.global_batch(cache.lookup(batch) if cache is not None else batch, mesh)
 
   def text_transform(self, caption: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -223,7 +224,7 @@ class LDMTrainer:
     m = self.config.model
     k_latent, k_noise, k_t = jax.random.split(state.step_rng(), 3)
     if MEAN in batch:  # encoded once by the latent cache
-      posterior = DiagonalGaussian(batch[MEAN], 2.0 * jnp.log(batch[STD]))
+      posterior = DiagonalGaussian(batch[MEAN], batch[LOGVAR])
     else:
       posterior = self.vae.apply({"params": state.frozen["vae"]}, batch_images(batch), method=AutoencoderKL.encode)
     latents = posterior.sample(k_latent) * self.vae.config.scaling_factor
@@ -293,7 +294,8 @@ class SampleHook:
     images = pipe(self.captions, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
                   seeds=list(range(s.seed, s.seed + len(self.captions))))
     uint8 = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
-    save_image_grid(uint8, os.path.join(self.out_dir, f"{tag}.png"), captions=self.captions, min_side=96)
+    save_image_grid(uint8, os.path.join(self.out_dir, f"{tag}.png"), captions=self.captions,
+                    min_side=CAPTIONED_MIN_SIDE)
     metrics: dict[str, float] = {}
     if self.objects is not None:
       from t2i_common.data.shapes_oracle import score

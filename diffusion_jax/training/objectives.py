@@ -29,7 +29,7 @@ def _per_example(values: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def mse(prediction: jax.Array, target: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-  """Mean squared error; `weights` [B] scales each example's mean (they should average about 1)."""
+  """Mean squared error; `weights` [B] (e.g. min_snr_weights) scales each example's mean."""
   per_example = jnp.mean(jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32)),
                          axis=tuple(range(1, prediction.ndim)))
   return jnp.mean(per_example if weights is None else weights * per_example)
