@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> list[str]:
   """Samples and writes the images; returns the written paths (grid last)."""
   import diffusion_jax
-  from t2i_common.logging import save_image_grid
+  from t2i_common.logging import CAPTIONED_MIN_SIDE, save_image_grid
 
   if not os.path.isdir(args.pretrained):
     raise SystemExit(f"--pretrained {args.pretrained!r} is not a folder; give a diffusers pipeline folder.")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> list[str]:
     paths.append(path)
     captions.append(f"{args.prompt[i]} (seed {seeds[seed]})")
   grid = os.path.join(args.out, "grid.png")
-  save_image_grid(images, grid, captions=captions, ncols=len(seeds), min_side=96)
+  save_image_grid(images, grid, captions=captions, ncols=len(seeds), min_side=CAPTIONED_MIN_SIDE)
   paths.append(grid)
   print(f"wrote {len(images)} image(s) to {os.path.abspath(args.out)} and the grid {os.path.abspath(grid)}")
   return paths

@@ -231,6 +231,10 @@ def _caption_lines(caption: str, width_px: int, font: ImageFont.ImageFont, max_l
   return lines
 
 
+# Smallest side at which a captioned grid cell keeps its caption readable (passed as image_grid's min_side).
+CAPTIONED_MIN_SIDE = 96
+
+
 def image_grid(images: np.ndarray | Sequence[np.ndarray], captions: Sequence[str] | None = None,
                ncols: int | None = None, *, padding: int = 2, max_caption_lines: int = 4,
                font_size: int | None = None, min_side: int = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ Differences from the reference birds/coco settings, all for a CPU budget: a smal
 Measured (R-precision of the 2,000 real test images, 28 % of them with the held-out purple star; 1 + 99
 captions of other object sets, 10 folds), on 2 idle CPU cores:
 - this config (1,700 steps, EMA): 85.4 +- 1.8 % in 14 min 54 s wall (1.96 steps/s; 1,101 s user + 399 s sys).
-- 2,000 steps without EMA (`--config.train.num_steps=2000 --config.train.ema_decay=0`, evaluating every 500):
+- 2,000 steps without EMA (`--config.train.num_steps=2000 --config.train.ema_decay=0 --config.eval.every_steps=500`):
   two runs gave 89.7 % (19 min 31 s with four evaluations) and 93.3 +- 1.7 % (run on a loaded machine);
   the first one's trajectory was 66.5 / 72.1 / 83.6 / 89.7 % at steps 500 / 1000 / 1500 / 2000.
 So >= 90 % takes about 2,000 steps, i.e. about 17-19 minutes here, not 15. Tried without gain: annealing the

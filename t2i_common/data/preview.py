@@ -22,7 +22,7 @@ from PIL import Image
 from t2i_common.config import apply_override
 from t2i_common.data.config import NAMES, data_config
 from t2i_common.data.loader import iterate_eval, make_loader, make_source
-from t2i_common.logging import save_image_grid
+from t2i_common.logging import CAPTIONED_MIN_SIDE, save_image_grid
 
 SINGLE_PROCESS = {"process_index": 0, "process_count": 1}
 
@@ -64,7 +64,7 @@ def write_preview(config, split: str, num: int, out_dir: str, *, augment: bool =
         line["objects"] = _objects(record, keep_boxes=not (config.random_crop or config.random_flip))
       f.write(json.dumps(line) + "\n")
   save_image_grid(images, os.path.join(out_dir, "grid.png"), captions=[str(c) for c in batch["caption"]],
-                  min_side=96)
+                  min_side=CAPTIONED_MIN_SIDE)
   return path
 
 
