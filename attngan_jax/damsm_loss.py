@@ -37,11 +37,15 @@ def damsm_loss_config() -> ml_collections.ConfigDict:
   })
 
 
+def _safe_sqrt(sq: jax.Array) -> jax.Array:
+  """sqrt with a finite gradient at zero (and 0 for the tiny negatives rounding can give)."""
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
 def _safe_norm(x: jax.Array, axis: int = -1) -> jax.Array:
   """L2 norm with a finite gradient at zero (padding words are zero vectors)."""
-  sq = jnp.sum(x * x, axis=axis)
-  nonzero = sq > 0
-  return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+  return _safe_sqrt(jnp.sum(x * x, axis=axis))
 
 
 def cosine(x1: jax.Array, x2: jax.Array, axis: int = -1) -> jax.Array:
@@ -81,20 +85,18 @@ def _cross_entropy_both(scores: jax.Array, mask: Optional[jax.Array],
 
 def word_attention(regions: jax.Array, words: jax.Array, lengths: jax.Array,
                    gamma1: float) -> tuple[jax.Array, jax.Array]:
-  """Region contexts of every (image, caption) pair, the reference's func_attention batched.
+  """Word-region attention of every (image, caption) pair, the reference's func_attention batched.
 
   regions [Bi, N, D], words [Bc, T, D], lengths [Bc] ->
-    context [Bi, Bc, T, D] (c_t for each word) and alpha [Bi, Bc, T, N] (attention over regions per word).
+    sims [Bi, Bc, N, T] (region . word, Eq. 7) and alpha [Bi, Bc, T, N] (attention over regions per word).
   """
   t = words.shape[1]
   word_valid = jnp.arange(t)[None, :] < lengths[:, None]            # [Bc, T]
-  s = jnp.einsum("ind,jtd->ijnt", regions, words)                     # Eq. 7
-  neg = jnp.finfo(s.dtype).min
-  s = jnp.where(word_valid[None, :, None, :], s, neg)
+  sims = jnp.einsum("ind,jtd->ijnt", regions, words)                  # Eq. 7
+  s = jnp.where(word_valid[None, :, None, :], sims, jnp.finfo(sims.dtype).min)
   s = jax.nn.softmax(s, axis=-1)                                      # Eq. 8: over the caption's words
   alpha = jax.nn.softmax(gamma1 * jnp.swapaxes(s, -1, -2), axis=-1)   # Eq. 9: over regions, [Bi, Bc, T, N]
-  context = jnp.einsum("ijtn,ind->ijtd", alpha, regions)
-  return context, alpha
+  return sims, alpha
 
 
 def word_scores(regions: jax.Array, words: jax.Array, lengths: jax.Array, *, gamma1: float, gamma2: float,
@@ -108,11 +110,18 @@ def word_scores(regions: jax.Array, words: jax.Array, lengths: jax.Array, *, gam
   if regions.ndim == 4:
     regions = regions.reshape(regions.shape[0], -1, regions.shape[-1])
   lengths = jnp.asarray(lengths, jnp.int32)
-  context, alpha = word_attention(regions, words, lengths, gamma1)
+  sims, alpha = word_attention(regions, words, lengths, gamma1)
   word_valid = jnp.arange(words.shape[1])[None, :] < lengths[:, None]
-  # Padding words are zero; give them a harmless stand-in so cosine's gradient stays finite, then drop them.
-  safe_words = jnp.where(word_valid[..., None], words, 1.0)
-  r = cosine(context, safe_words[None])                               # [Bi, Bc, T]
+  # R(c_t, e_t) without forming the contexts c_t = sum_n alpha_tn v_n ([Bi, Bc, T, D], the largest tensor of
+  # the loss): <c_t, e_t> = sum_n alpha_tn <v_n, e_t> reuses Eq. 7's products, and |c_t|^2 = alpha_t^T G alpha_t
+  # with the regions' Gram matrix G [N, N], which is smaller than D when N <= D.
+  dot = jnp.einsum("ijtn,ijnt->ijt", alpha, sims)
+  gram = jnp.einsum("ind,imd->inm", regions, regions)
+  context_sq = jnp.einsum("ijtn,ijtn->ijt", jnp.einsum("ijtm,inm->ijtn", alpha, gram), alpha)
+  context_norm = _safe_sqrt(context_sq)
+  # Padding words are zero; give them a harmless stand-in so the gradient stays finite, then drop them.
+  word_norm = _safe_norm(jnp.where(word_valid[..., None], words, 1.0))  # [Bc, T]
+  r = dot / jnp.maximum(context_norm * word_norm[None], EPS)          # cosine(c_t, e_t), [Bi, Bc, T]
   r = jnp.where(word_valid[None], gamma2 * r, -jnp.inf)
   score = jax.nn.logsumexp(r, axis=-1)                                # Eq. 10 without the 1/gamma2
   if paper_word_score:

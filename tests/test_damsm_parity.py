@@ -361,3 +361,27 @@ def test_damsm_loss_parity():
   ref_ctx, ref_attn = torch_func_attention(torch.tensor(words[1:2, :3]).transpose(1, 2),
                                            torch.tensor(regions[1:2]).permute(0, 3, 1, 2), cfg.gamma1)
   assert rel_err(parts["attention"][1, :3], ref_attn[0].numpy()) <= RTOL
+
+
+def test_damsm_loss_gradient_parity():
+  """Gradients w.r.t. regions, words and the global vectors equal PyTorch autograd of the reference losses."""
+  rng = np.random.default_rng(7)
+  b, t, d = 5, 6, 12
+  regions = rng.normal(size=(b, 3, 3, d)).astype(np.float32)  # N = 9 < D, as in training (Gram path)
+  glob = rng.normal(size=(b, d)).astype(np.float32)
+  lengths = np.array([6, 2, 4, 1, 5])
+  words = rng.normal(size=(b, t, d)).astype(np.float32)
+  words[np.arange(t)[None] >= lengths[:, None]] = 0
+  sent = rng.normal(size=(b, d)).astype(np.float32)
+  class_ids = np.array([1, 2, 1, 3, 4])
+  cfg = damsm_loss_config()
+  grads = jax.jit(jax.grad(lambda *a: damsm_loss(*a, lengths, class_ids, cfg)[0], argnums=(0, 1, 2, 3)))(
+      regions, glob, words, sent)
+  t_regions, t_glob, t_words, t_sent = (torch.tensor(x, requires_grad=True) for x in (regions, glob, words, sent))
+  w0, w1 = torch_words_loss(t_regions.permute(0, 3, 1, 2), t_words.transpose(1, 2), lengths.tolist(), class_ids,
+                            cfg.gamma1, cfg.gamma2, cfg.gamma3)
+  s0, s1 = torch_sent_loss(t_glob, t_sent, class_ids, cfg.gamma3)
+  (w0 + w1 + s0 + s1).backward()
+  errs = [rel_err(g, ref.grad.numpy()) for g, ref in zip(grads, (t_regions, t_glob, t_words, t_sent))]
+  print("DAMSM loss gradient parity (rel err regions, global, words, sentence):", [f"{e:.2e}" for e in errs])
+  assert max(errs) <= RTOL
