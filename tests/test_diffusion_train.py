@@ -49,6 +49,21 @@ def test_ldm_run_exports_a_pipeline_that_samples(trained):
   assert pipe.tokenizer([caption]).lengths[0] == num_words + 2
 
 
+def test_evaluate_cli_scores_the_exported_pipeline(trained, tmp_path):
+  from diffusion_jax import evaluate
+  root, _, ldm = trained
+  cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", ["model.sampling.num_images=4"])
+  result = evaluate.evaluate(cfg, str(tmp_path), pretrained=ldm["pipeline"])
+  assert result["num_images"] == 4 and result["num_objects"] >= 4
+  for key in ("object_recall", "object_precision", "all_present", "color_recall", "shape_recall"):
+    assert 0.0 <= result[key] <= 1.0
+  with open(tmp_path / "eval" / "samples.json") as f:
+    assert json.load(f)["object_recall"] == result["object_recall"]
+  assert os.path.isfile(tmp_path / "samples" / "eval.png")
+  with pytest.raises(FileNotFoundError, match="model_index.json"):
+    evaluate.evaluate(cfg, str(tmp_path / "empty"))
+
+
 def test_ldm_pipeline_reads_in_diffusers(trained):
   pytest.importorskip("torch", reason="the parity extra (torch, diffusers) is not installed")
   diffusers = pytest.importorskip("diffusers")

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -260,13 +260,13 @@ class LDMTrainer:
                     source=self.config.model.pretrained or None)
 
   def hooks(self, workdir: str) -> list:
-    return [SampleHook(self, workdir, self.config.logging.images_every_steps)]
+    return [SampleHook(self.config, workdir, self.config.logging.images_every_steps, self.pipeline)]
 
   def export(self, state: LDMState, folder: str) -> dict[str, Any]:
     """Writes the EMA pipeline as a diffusers folder, samples test captions with it and scores them."""
     pipe = self.pipeline(state)
     pipe.save_pretrained(folder)  # the tokenizer saves its learned vocabulary itself
-    metrics = SampleHook(self, self.workdir, 1).sample_and_score(pipe, "final")
+    metrics = SampleHook(self.config, self.workdir, 1).sample_and_score(pipe, "final")
     log.info("pipeline written to %s; samples: %s", folder, metrics)
     return {"pipeline": folder, **metrics}
 
@@ -277,11 +277,12 @@ class SampleHook:
   Not run after the last step: `LDMTrainer.export` samples the final weights."""
   at_end = False
 
-  def __init__(self, trainer: LDMTrainer, workdir: str, every_steps: int):
-    self.trainer, self.every_steps = trainer, every_steps
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, every_steps: int,
+               make_pipeline: Callable[[LDMState], Pipeline] | None = None):
+    self.config, self.every_steps, self.make_pipeline = config, every_steps, make_pipeline
     self.out_dir = os.path.join(workdir, "samples")
-    s = trainer.config.model.sampling
-    data = trainer.config.data
+    s = config.model.sampling
+    data = config.data
     batch = next(iter(iterate_eval(data, "test", s.num_images, seed=s.seed)))
     self.captions: list[str] = [str(c) for c in batch["caption"]]
     self.objects: list | None = None
@@ -290,7 +291,7 @@ class SampleHook:
       self.objects = [source[int(i)]["objects"] for i in batch["index"]]
 
   def sample_and_score(self, pipe: Pipeline, tag: str) -> dict[str, float]:
-    s = self.trainer.config.model.sampling
+    s = self.config.model.sampling
     images = pipe(self.captions, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
                   seeds=list(range(s.seed, s.seed + len(self.captions))))
     uint8 = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
@@ -304,6 +305,6 @@ class SampleHook:
     return metrics
 
   def __call__(self, state: LDMState, step: int, writer) -> None:
-    metrics = self.sample_and_score(self.trainer.pipeline(state), f"step_{step:07d}")
+    metrics = self.sample_and_score(self.make_pipeline(state), f"step_{step:07d}")
     if metrics:
       writer.write_scalars(step, metrics)
