@@ -24,6 +24,7 @@ from attngan_jax.pretrain_damsm import load_vocabulary
 from attngan_jax.r_precision import DAMSMScorer, r_precision, summary
 from t2i_common import parallel
 from t2i_common.checkpoint import Checkpointer
+from t2i_common.logging import setup_cli_logging, write_eval_json
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +80,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, split: str = "t
                        num_folds=min(rp.num_folds, len(class_ids)), seed=rp.seed)
   result.pop("hits")
   result.update(split=split, dataset=config.data.name)
-  if jax.process_index() == 0:
-    name = "r_precision.json" if split == "test" else f"r_precision_{split}.json"
-    path = os.path.join(workdir, "eval", name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2)
-    result["path"] = path
-  return result
+  return write_eval_json(workdir, "r_precision.json" if split == "test" else f"r_precision_{split}.json", result)
 
 
 def main(argv) -> None:
   del argv
   from absl import flags
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  setup_cli_logging()
   f = flags.FLAGS
   result = evaluate(f.config, f.workdir, split=f.split, encoders=f.encoders)
   print(summary(result))

@@ -27,6 +27,7 @@ from attngan_jax.damsm_trainer import AttentionHook, DAMSMTrainer, EvalHook
 from attngan_jax.text import TextTransform, Vocabulary
 from t2i_common import parallel
 from t2i_common.data.loader import make_loader, make_source
+from t2i_common.logging import setup_cli_logging
 from t2i_common.train_loop import TrainLoop
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def main(argv) -> None:
   del argv
   from absl import flags
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  setup_cli_logging()
   result = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   print(result)
 

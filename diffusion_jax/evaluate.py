@@ -13,14 +13,12 @@ captions' objects found with the right colour and shape, colour recall, shape re
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any, Optional
 
-import jax
 import ml_collections
 
-log = logging.getLogger(__name__)
+from t2i_common.logging import setup_cli_logging, write_eval_json
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, pretrained: Optional[str] = None) -> dict[str, Any]:
@@ -38,20 +36,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, pretrained: Opt
       "pipeline": folder, "dataset": config.data.name, "num_images": len(hook.captions), "steps": int(s.steps),
       "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
       **{k.removeprefix("sample/"): v for k, v in hook.sample_and_score(from_pretrained(folder), "eval").items()}}
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, "eval", "samples.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2)
-    result["path"] = path
-  return result
+  return write_eval_json(workdir, "samples.json", result)
 
 
 def main(argv) -> None:
   del argv
   from absl import flags
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  setup_cli_logging()
   f = flags.FLAGS
   print(json.dumps(evaluate(f.config, f.workdir, pretrained=f.pretrained)))
 

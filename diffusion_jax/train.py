@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from t2i_common import parallel
 from t2i_common.data.loader import iterate_eval, make_loader
+from t2i_common.logging import setup_cli_logging
 from t2i_common.train_loop import TrainLoop
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metric
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO lines drown the progress
+  setup_cli_logging()
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print({k: v for k, v in result.items()})
 

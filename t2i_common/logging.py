@@ -25,6 +25,25 @@ def _is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def setup_cli_logging() -> None:
+  """INFO logs with timestamps for the command-line entry points; absl at WARNING (orbax's per-save INFO lines
+  would drown the progress bar)."""
+  import logging as std_logging  # this module's own name shadows it at module level
+  std_logging.basicConfig(level=std_logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+
+
+def write_eval_json(workdir: str, name: str, result: dict) -> dict:
+  """Writes `result` as JSON to <workdir>/eval/<name> (process 0 only) and adds its "path"; returns result."""
+  if _is_main_process():
+    path = os.path.join(workdir, "eval", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(result, f, indent=2)
+    result["path"] = path
+  return result
+
+
 def _to_float(name: str, value: Any) -> float:
   array = np.asarray(value)
   if array.size != 1:
