@@ -48,12 +48,6 @@ def _safe_norm(x: jax.Array, axis: int = -1) -> jax.Array:
   return _safe_sqrt(jnp.sum(x * x, axis=axis))
 
 
-def cosine(x1: jax.Array, x2: jax.Array, axis: int = -1) -> jax.Array:
-  """The reference's cosine_similarity: <x1, x2> / max(|x1| |x2|, eps)."""
-  w12 = jnp.sum(x1 * x2, axis=axis)
-  return w12 / jnp.maximum(_safe_norm(x1, axis) * _safe_norm(x2, axis), EPS)
-
-
 def pair_mask(class_ids: Optional[jax.Array], batch: int,
               example_mask: Optional[jax.Array] = None) -> Optional[jax.Array]:
   """bool [B, B]: True where a pair is excluded from the softmax (same class off the diagonal, or padding)."""

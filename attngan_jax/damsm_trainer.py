@@ -144,7 +144,7 @@ class DAMSMTrainer:
 
   @property
   def ema_decay(self) -> float:
-    return float(self.config.train.get("ema_decay", 0.0))
+    return float(self.config.train.ema_decay)
 
   @staticmethod
   def eval_params(state: TrainState) -> Any:
