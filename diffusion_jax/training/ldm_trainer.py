@@ -37,7 +37,7 @@ from diffusion_jax.training.common import batch_images, grad_norm, make_optimize
 from diffusion_jax.training.latent_cache import LOGVAR, MEAN, LatentCache
 from t2i_common import parallel
 from t2i_common.data.loader import iterate_eval, make_source
-from t2i_common.logging import CAPTIONED_MIN_SIDE, save_image_grid
+from t2i_common.logging import CAPTIONED_MIN_SIDE, save_image_grid, to_uint8
 from t2i_common.train_loop import TrainState, ema_decay_at
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class SampleHook:
     s = self.config.model.sampling
     images = pipe(self.captions, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
                   seeds=list(range(s.seed, s.seed + len(self.captions))))
-    uint8 = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+    uint8 = to_uint8(images)
     save_image_grid(uint8, os.path.join(self.out_dir, f"{tag}.png"), captions=self.captions,
                     min_side=CAPTIONED_MIN_SIDE)
     metrics: dict[str, float] = {}
