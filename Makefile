@@ -42,11 +42,14 @@ demo: $(STAMP)
 	$(VPY) -m diffusion_jax.train --config configs/diffusion/shapes_vae.py --workdir $(RUN)/shapes_vae
 	$(VPY) -m diffusion_jax.train --config configs/diffusion/shapes_ldm.py --workdir $(RUN)/shapes_ldm \
 	    --config.model.vae_path=$(RUN)/shapes_vae/vae
+	$(VPY) -m diffusion_jax.evaluate --config configs/diffusion/shapes_ldm.py --workdir $(RUN)/shapes_ldm \
+	    --config.model.sampling.num_images=96
 	@echo "Demo finished. Pictures and metrics are under $(RUN)/:"
 	@echo "  $(RUN)/data_preview/grid.png (+ oracle.json)   shapes examples with captions"
 	@echo "  $(RUN)/damsm_shapes/attention/, eval/r_precision.json   DAMSM word attention, R-precision"
 	@echo "  $(RUN)/shapes_vae/reconstructions/   VAE reconstructions"
 	@echo "  $(RUN)/shapes_ldm/samples/final.png, metrics.jsonl   LDM samples and their oracle scores"
+	@echo "  $(RUN)/shapes_ldm/samples/eval.png, eval/samples.json   96 test captions sampled and scored"
 	@echo "  $(RUN)/shapes_ldm/pipeline   the trained model as a diffusers folder (diffusion_jax.from_pretrained)"
 
 clean-demo:
