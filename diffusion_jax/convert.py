@@ -106,7 +106,8 @@ def make_rename(template: Any, strip_prefix: str = "") -> Callable[[str, np.ndar
     if leaf == "bias":
       return path + ("bias",), tensor
     if leaf != "weight":
-      return None
+      # A bare nn.Parameter (e.g. AttentionPooling.positional_embedding) keeps its name.
+      return (path + (leaf,), tensor) if path + (leaf,) in flat else None
     for kind in ("kernel", "scale", "embedding"):
       target = flat.get(path + (kind,))
       if target is None:
@@ -150,7 +151,8 @@ def to_state_dict(params: Any, conv_1x1: Callable[[Path], bool] = lambda p: Fals
         value = value.T
         if conv_1x1(mods):
           value = value[:, :, None, None]
-    out[prefix + ".".join(names) + "." + ("bias" if leaf == "bias" else "weight")] = np.ascontiguousarray(value)
+    torch_leaf = "weight" if leaf in ("kernel", "scale", "embedding") else leaf
+    out[prefix + ".".join(names) + "." + torch_leaf] = np.ascontiguousarray(value)
   return out
 
 

@@ -70,6 +70,9 @@ class UNetConfig:
   use_linear_projection: bool = False  # only the checkpoint layout of proj_in/proj_out (1x1 conv or linear)
   upcast_attention: bool = False  # attention logits/softmax are always fp32 here (see models/attention.py)
   sample_size: Optional[int] = 64
+  # "text": pooled text embedding added to the timestep embedding (see embeddings.TextTimeEmbedding).
+  addition_embed_type: Optional[str] = None
+  addition_embed_type_num_heads: int = 64
   # Keeps the written config.json faithful: SD 1.x stores an int attention_head_dim, SD 2.x a list.
   heads_as_int: bool = True
 
@@ -83,6 +86,13 @@ class UNetConfig:
     for i, (c, h) in enumerate(zip(self.block_out_channels, self.num_heads)):
       if c % h:
         raise UnsupportedConfigError(f"UNet config: block {i} has {c} channels, not divisible by {h} heads.")
+    if self.addition_embed_type not in (None, "text"):
+      raise UnsupportedConfigError(f"UNet config: addition_embed_type={self.addition_embed_type!r}; supported: "
+                                   "None or 'text'.")
+    if self.addition_embed_type and self.cross_attention_dim % self.addition_embed_type_num_heads:
+      raise UnsupportedConfigError(
+          f"UNet config: cross_attention_dim {self.cross_attention_dim} is not divisible by "
+          f"addition_embed_type_num_heads={self.addition_embed_type_num_heads}.")
 
   @property
   def downsample_factor(self) -> int:
@@ -96,7 +106,7 @@ class UNetConfig:
     _check(raw, source, {
         "mid_block_type": ("UNetMidBlock2DCrossAttn",), "act_fn": ("silu",), "dropout": (0.0,),
         "only_cross_attention": (False,), "dual_cross_attention": (False,), "class_embed_type": (None,),
-        "addition_embed_type": (None,), "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
+        "addition_embed_type": (None, "text"), "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
         "num_class_embeds": (None,), "time_cond_proj_dim": (None,), "resnet_time_scale_shift": ("default",),
         "resnet_skip_time_act": (False,), "resnet_out_scale_factor": (1.0,), "mid_block_scale_factor": (1.0,),
         "time_embedding_type": ("positional",), "time_embedding_dim": (None,), "time_embedding_act_fn": (None,),
@@ -136,7 +146,8 @@ class UNetConfig:
         center_input_sample=raw.get("center_input_sample", False),
         use_linear_projection=raw.get("use_linear_projection", False),
         upcast_attention=raw.get("upcast_attention", False) or False, sample_size=raw.get("sample_size"),
-        heads_as_int=isinstance(heads, int))
+        heads_as_int=isinstance(heads, int), addition_embed_type=raw.get("addition_embed_type"),
+        addition_embed_type_num_heads=raw.get("addition_embed_type_num_heads", 64))
 
   def to_diffusers(self) -> dict:
     heads = self.num_heads[0] if self.heads_as_int and len(set(self.num_heads)) == 1 else list(self.num_heads)
@@ -150,7 +161,8 @@ class UNetConfig:
         "UNetMidBlock2DCrossAttn", "norm_eps": self.norm_eps, "norm_num_groups": self.norm_num_groups,
         "out_channels": self.out_channels, "sample_size": self.sample_size,
         "up_block_types": list(self.up_block_types), "use_linear_projection": self.use_linear_projection,
-        "upcast_attention": self.upcast_attention}
+        "upcast_attention": self.upcast_attention, "addition_embed_type": self.addition_embed_type,
+        "addition_embed_type_num_heads": self.addition_embed_type_num_heads}
 
 
 @dataclasses.dataclass(frozen=True)

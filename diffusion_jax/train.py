@@ -58,8 +58,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   trainer = LDMTrainer(config, workdir)
   if config.model.cache_latents:
     trainer.build_latent_cache()
+  # With cached latents the batches need no images (the cache is looked up by index).
   loader = make_loader(config.data, "train", global_batch_size=config.train.batch_size, seed=config.seed,
-                       text_transform=trainer.text_transform)
+                       text_transform=trainer.text_transform, with_images=not config.model.cache_latents)
   loop = TrainLoop(config, workdir, init_state=trainer.init_state, train_step=trainer.train_step,
                    loader=loader, hooks=trainer.hooks(workdir), batch_to_device=trainer.batch_to_device)
   state = loop.run()

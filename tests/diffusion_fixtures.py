@@ -115,11 +115,11 @@ def build_tiny_models(variant: str, seed: int = 0):
   vae = AutoencoderKL(**cfg["vae"]).eval()
   torch.manual_seed(seed + 2)
   text = CLIPTextModel(CLIPTextConfig(**cfg["text"])).eval()
-  _randomize_norms(unet, vae, text, seed=seed)
+  randomize_norms(unet, vae, text, seed=seed)
   return unet, vae, text
 
 
-def _randomize_norms(*modules, seed: int) -> None:
+def randomize_norms(*modules, seed: int) -> None:
   """Gives norm layers non-trivial scales/shifts so parity tests would notice swapped or dropped ones."""
   import torch
   g = torch.Generator().manual_seed(seed + 100)

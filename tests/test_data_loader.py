@@ -47,6 +47,22 @@ def test_batch_format_and_caption_choice():
   assert len(set(batch["caption_index"].tolist())) > 1  # captions are drawn, not always the first
 
 
+def test_batches_without_images_match_the_full_ones():
+  """with_images=False (an LDM on cached latents): the same examples, captions and text outputs, no images; the
+  shapes source then skips rendering (text_record is the rendered record minus its image)."""
+  config = _config()
+  source = make_source(config, "train")
+  record = source[3]
+  assert source.text_record(3) == {k: v for k, v in record.items() if k != "image"}
+  tokens = lambda caption, rng: {"tokens": np.array([len(caption)], np.int32)}
+  full = _take(make_loader(config, "train", global_batch_size=8, seed=0, text_transform=tokens, **SINGLE), 4)
+  text = _take(make_loader(config, "train", global_batch_size=8, seed=0, text_transform=tokens, with_images=False,
+                           **SINGLE), 4)
+  for a, b in zip(full, text):
+    assert "image" not in b
+    assert _same({k: v for k, v in a.items() if k != "image"}, b)
+
+
 def test_seeded_determinism_and_epochs():
   config = _config(random_flip=True)
   run = lambda seed: _take(make_loader(config, "train", global_batch_size=6, seed=seed, **SINGLE), 8)

@@ -1,4 +1,6 @@
-"""The LDM trainer's latent cache (encode the training split once) and its min-SNR loss weighting."""
+"""The LDM trainer's latent cache (encode the training split once), its min-SNR loss weighting and its
+training-timestep sampling."""
+import jax
 import numpy as np
 import pytest
 
@@ -82,3 +84,19 @@ def test_weighted_mse_scales_each_example():
   assert float(objectives.mse(pred, target, weights)) == pytest.approx(float((weights * per_example).mean()),
                                                                         rel=1e-5)
   assert float(objectives.mse(pred, target)) == pytest.approx(float(per_example.mean()), rel=1e-5)
+
+
+def test_timestep_sampling():
+  key = jax.random.key(0)
+  uniform = np.asarray(objectives.sample_timesteps(key, 20000, 1000))
+  logit = np.asarray(objectives.sample_timesteps(key, 20000, 1000, "logit_normal", 0.0, 1.0))
+  shifted = np.asarray(objectives.sample_timesteps(key, 20000, 1000, "logit_normal", 1.0, 1.0))
+  for t in (uniform, logit, shifted):
+    assert t.dtype == np.int32 and t.min() >= 0 and t.max() <= 999
+  assert abs(uniform.mean() - 499.5) < 10 and uniform.min() < 5 and uniform.max() > 994
+  # sigmoid(N(0, 1)): median at T/2, 68 % of the draws in [T sigmoid(-1), T sigmoid(1)] = [268, 731].
+  assert abs(np.median(logit) - 500) < 10
+  assert 0.66 < np.mean((logit >= 268) & (logit <= 731)) < 0.70
+  assert abs(np.median(shifted) - 731) < 10  # a positive mean moves the draws towards noise
+  with pytest.raises(ValueError, match="timestep_sampling.kind"):
+    objectives.sample_timesteps(key, 4, 1000, "cosine")

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers", reason="parity tests compare 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from diffusion_fixtures import FAST_COMPILE, tiny_sd1, tiny_sd2  # noqa: E402,F401  (pytest fixtures)
+from diffusion_fixtures import FAST_COMPILE, randomize_norms, tiny_sd1, tiny_sd2  # noqa: E402,F401  (fixtures)
 from diffusion_jax import convert  # noqa: E402
 from diffusion_jax.models import unet_apply_nchw  # noqa: E402
 from t2i_common.weights import WeightMismatchError  # noqa: E402
@@ -37,8 +37,30 @@ def _max_err(ours, ref) -> float:
 
 
 def test_unet_matches_diffusers(folder):
-  ref_model = diffusers.UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet")).eval()
-  module, variables = convert.load_unet(os.path.join(folder, "unet"))
+  _check_unet(os.path.join(folder, "unet"), os.path.basename(folder))
+
+
+def test_unet_with_pooled_text_embedding_matches_diffusers(tmp_path):
+  """addition_embed_type="text" (attention-pooled caption added to the timestep embedding; the shapes LDM
+  uses it): diffusers -> ours matches, and ours -> diffusers reads every tensor back bit-exactly."""
+  torch.manual_seed(0)
+  ref = diffusers.UNet2DConditionModel(
+      sample_size=8, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=32,
+      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+      attention_head_dim=4, addition_embed_type="text", addition_embed_type_num_heads=4).eval()
+  randomize_norms(ref, seed=0)
+  ref.save_pretrained(str(tmp_path / "unet"))
+  module, variables = _check_unet(str(tmp_path / "unet"), "pooled-text")
+  assert module.config.addition_embed_type == "text" and module.config.addition_embed_type_num_heads == 4
+  convert.save_unet(str(tmp_path / "ours"), module, variables)
+  reloaded = diffusers.UNet2DConditionModel.from_pretrained(str(tmp_path / "ours")).state_dict()
+  _assert_same_state(reloaded, ref.state_dict())
+
+
+def _check_unet(unet_folder: str, label: str):
+  """Our UNet loaded from a diffusers unet/ folder predicts what diffusers does (returns module, variables)."""
+  ref_model = diffusers.UNet2DConditionModel.from_pretrained(unet_folder).eval()
+  module, variables = convert.load_unet(unet_folder)
   cfg = module.config
   rng = np.random.default_rng(0)
   s = cfg.sample_size
@@ -49,9 +71,10 @@ def test_unet_matches_diffusers(folder):
     ref = ref_model(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)).sample.numpy()
   fn = jit(lambda v, a, b, c: unet_apply_nchw(module, v, a, b, c))
   err = _max_err(fn(variables, x, t, ctx), ref)
-  print(f"UNet {os.path.basename(folder)} max abs error {err:.2e}")
+  print(f"UNet {label} max abs error {err:.2e}")
   assert err <= TOL
   assert np.abs(ref).max() > 0.1  # a zero output would make the comparison vacuous
+  return module, variables
 
 
 def test_vae_matches_diffusers(folder):

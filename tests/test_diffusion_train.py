@@ -81,10 +81,13 @@ def test_ldm_needs_a_vae(tmp_path):
     train_and_evaluate(cfg, str(tmp_path))
 
 
-def test_unknown_prediction_type_fails(tmp_path):
+@pytest.mark.parametrize("override,message", [("model.prediction_type=x0", "prediction_type"),
+                                               ("model.latents=median", "model.latents"),
+                                               ("model.timestep_sampling.kind=cosine", "timestep_sampling.kind")])
+def test_misspelt_ldm_options_fail_before_training(tmp_path, override, message):
   from diffusion_jax.train import train_and_evaluate
-  cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", ["model.prediction_type=x0", "model.vae_path=/nope"])
-  with pytest.raises(ValueError, match="prediction_type"):
+  cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", [override, "model.vae_path=/nope"])
+  with pytest.raises(ValueError, match=message):
     train_and_evaluate(cfg, str(tmp_path))
 
 

@@ -1,4 +1,4 @@
-"""Sinusoidal timestep features and the timestep MLP of the UNet."""
+"""Sinusoidal timestep features, the timestep MLP of the UNet and its optional pooled-text embedding."""
 from __future__ import annotations
 
 import math
@@ -7,6 +7,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from diffusion_jax.models.attention import dot_attention
+from diffusion_jax.models.norms import LayerNorm
 
 Dtype = Any
 
@@ -37,3 +40,42 @@ class TimestepEmbedding(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="linear_1")(x)
     return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="linear_2")(nn.silu(x))
+
+
+class AttentionPooling(nn.Module):
+  """[B, T, D] -> [B, D]: a single query (the token mean plus a learned position) attends over itself and the
+  tokens (diffusers' AttentionPooling, the pooling of DeepFloyd IF)."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"attention pooling: width {d} is not divisible by {self.num_heads} heads; set "
+                       "addition_embed_type_num_heads to a divisor of cross_attention_dim.")
+    position = self.param("positional_embedding", nn.initializers.normal(d ** -0.5), (1, d), self.param_dtype)
+    query_token = x.mean(axis=1, keepdims=True) + position.astype(x.dtype)
+    tokens = jnp.concatenate([query_token, x], axis=1)
+    dense = lambda name: nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    pooled = dot_attention(dense("q_proj")(query_token), dense("k_proj")(tokens), dense("v_proj")(tokens),
+                           self.num_heads)
+    return pooled[:, 0]
+
+
+class TextTimeEmbedding(nn.Module):
+  """Pooled text added to the timestep embedding (diffusers' addition_embed_type="text"): LayerNorm, attention
+  pooling, linear, LayerNorm. It gives every ResNet block the whole caption, next to the cross-attention."""
+  features: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, encoder_hidden_states: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = LayerNorm(1e-5, name="norm1", **kw)(encoder_hidden_states)
+    x = AttentionPooling(self.num_heads, name="pool", **kw)(x)
+    x = nn.Dense(self.features, name="proj", **kw)(x)
+    return LayerNorm(1e-5, name="norm2", **kw)(x)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.model_configs import UNetConfig
 from diffusion_jax.models.attention import Resolutions, Transformer2DModel
-from diffusion_jax.models.embeddings import TimestepEmbedding, timestep_embedding
+from diffusion_jax.models.embeddings import TextTimeEmbedding, TimestepEmbedding, timestep_embedding
 from diffusion_jax.models.norms import GroupNorm
 from diffusion_jax.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv
 
@@ -115,6 +115,9 @@ class UNet2DConditionModel(nn.Module):
     temb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
     temb = TimestepEmbedding(4 * cfg.block_out_channels[0], name="time_embedding", **kw)(temb.astype(self.dtype))
     context = encoder_hidden_states.astype(self.dtype)
+    if cfg.addition_embed_type == "text":
+      temb = temb + TextTimeEmbedding(4 * cfg.block_out_channels[0], cfg.addition_embed_type_num_heads,
+                                      name="add_embedding", **kw)(context)
     capture = tuple(capture_cross_attn_at)
 
     x = sample.astype(self.dtype)

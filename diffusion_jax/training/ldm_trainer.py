@@ -57,9 +57,15 @@ def ldm_model_config() -> ml_collections.ConfigDict:
       "ema_decay": 0.999,
       # Min-SNR-gamma loss weighting (0 = plain MSE); see objectives.min_snr_weights.
       "snr_gamma": 0.0,
+      # How training timesteps are drawn: "uniform" over 0..T-1, or "logit_normal" (t / T = sigmoid(n),
+      # n ~ N(mean, std), as SD3), which spends more steps at mid noise, where the content of an image forms.
+      "timestep_sampling": ml_collections.ConfigDict({"kind": "uniform", "mean": 0.0, "std": 1.0}),
       # Encode the training split once and keep the VAE posteriors in host memory (small datasets; see
       # training/latent_cache.py) instead of running the VAE encoder at every step.
       "cache_latents": False,
+      # Latents of a training image: a "sample" of the VAE posterior (as SD) or its "mean". A briefly trained
+      # VAE keeps a wide posterior, whose noise the UNet would otherwise have to learn to reproduce.
+      "latents": "sample",
       "noise_schedule": ml_collections.ConfigDict({
           "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
           "beta_end": 0.012}),
@@ -72,7 +78,10 @@ def ldm_model_config() -> ml_collections.ConfigDict:
           "block_out_channels": (32, 64, 64), "layers_per_block": 1, "num_heads": (4, 4, 4),
           "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
           "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-          "norm_num_groups": 16}),
+          "norm_num_groups": 16,
+          # "text": the attention-pooled caption is added to the timestep embedding, so every ResNet block
+          # sees it (diffusers' addition_embed_type); "" = cross-attention only, as SD.
+          "addition_embed_type": "", "addition_embed_type_num_heads": 4}),
       "sampling": ml_collections.ConfigDict({
           "num_images": 16, "steps": 25, "guidance_scale": 4.0, "seed": 0}),
   })
@@ -95,6 +104,11 @@ class LDMTrainer:
     if m.prediction_type and m.prediction_type not in objectives.PREDICTION_TYPES:
       raise ValueError(f"config.model.prediction_type={m.prediction_type!r}; expected one of "
                        f"{objectives.PREDICTION_TYPES}.")
+    if m.latents not in ("sample", "mean"):
+      raise ValueError(f"config.model.latents={m.latents!r}; expected 'sample' or 'mean'.")
+    if m.timestep_sampling.kind not in objectives.TIMESTEP_SAMPLINGS:
+      raise ValueError(f"config.model.timestep_sampling.kind={m.timestep_sampling.kind!r}; expected one of "
+                       f"{objectives.TIMESTEP_SAMPLINGS}.")
     if m.pretrained:
       self._from_pretrained(m.pretrained)
     else:
@@ -171,7 +185,9 @@ class LDMTrainer:
                       layers_per_block=u.layers_per_block, in_channels=self.vae.config.latent_channels,
                       out_channels=self.vae.config.latent_channels,
                       cross_attention_dim=self.config.model.text.hidden_size, norm_num_groups=u.norm_num_groups,
-                      sample_size=latent_size, heads_as_int=False)
+                      sample_size=latent_size, heads_as_int=False,
+                      addition_embed_type=u.addition_embed_type or None,
+                      addition_embed_type_num_heads=u.addition_embed_type_num_heads)
 
   @property
   def vae_scale_factor(self) -> int:
@@ -227,9 +243,9 @@ class LDMTrainer:
       posterior = DiagonalGaussian(batch[MEAN], batch[LOGVAR])
     else:
       posterior = self.vae.apply({"params": state.frozen["vae"]}, batch_images(batch), method=AutoencoderKL.encode)
-    latents = posterior.sample(k_latent) * self.vae.config.scaling_factor
+    latents = (posterior.mean if m.latents == "mean" else posterior.sample(k_latent)) * self.vae.config.scaling_factor
     noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
-    t = jax.random.randint(k_t, (latents.shape[0],), 0, self.alphas_cumprod.shape[0])
+    t = objectives.sample_timesteps(k_t, latents.shape[0], self.alphas_cumprod.shape[0], **m.timestep_sampling)
     noisy = objectives.add_noise(self.alphas_cumprod, latents, noise, t)
     target = objectives.training_target(self.prediction_type, self.alphas_cumprod, latents, noise, t)
 

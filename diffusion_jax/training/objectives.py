@@ -5,6 +5,19 @@ import jax
 import jax.numpy as jnp
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def sample_timesteps(key: jax.Array, batch: int, num_train_timesteps: int, kind: str = "uniform",
+                     mean: float = 0.0, std: float = 1.0) -> jax.Array:
+  """[B] int32 training timesteps in [0, T): uniform, or logit-normal (t / T = sigmoid(mean + std * n))."""
+  if kind == "uniform":
+    return jax.random.randint(key, (batch,), 0, num_train_timesteps)
+  if kind == "logit_normal":
+    u = jax.nn.sigmoid(mean + std * jax.random.normal(key, (batch,)))
+    return jnp.clip(jnp.floor(u * num_train_timesteps), 0, num_train_timesteps - 1).astype(jnp.int32)
+  raise ValueError(f"timestep sampling {kind!r} is not one of {TIMESTEP_SAMPLINGS}; set "
+                   "config.model.timestep_sampling.kind.")
 
 
 def add_noise(alphas_cumprod: jax.Array, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:

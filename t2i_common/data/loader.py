@@ -62,8 +62,8 @@ class _ExampleMaker:
   """Turns a source index into a transformed example; picklable, so it can run in grain workers."""
 
   def __init__(self, source, data_config: ml_collections.ConfigDict, train: bool,
-               text_transform: TextTransform | None):
-    self.source, self.text_transform = source, text_transform
+               text_transform: TextTransform | None, with_images: bool = True):
+    self.source, self.text_transform, self.with_images = source, text_transform, with_images
     self.dataset = str(getattr(source, "name", data_config.name))
     self.sizes = tuple(data_config.image_sizes)
     self.random_crop = train and data_config.random_crop
@@ -72,19 +72,24 @@ class _ExampleMaker:
     self.skip_bad = data_config.on_bad_record == "skip"
 
   def record(self, index: int) -> dict[str, Any]:
-    record = self.source[index]
-    check_record(record, dataset=self.dataset)
+    if not self.with_images and hasattr(self.source, "text_record"):
+      record = self.source.text_record(index)  # e.g. shapes: the captions without rendering the scene
+    else:
+      record = self.source[index]
+    check_record(record, dataset=self.dataset, require_image=self.with_images)
     return record
 
   def example(self, record: dict[str, Any], index: int, rng: np.random.Generator) -> dict[str, Any]:
     captions = record["captions"]
     caption_index = int(rng.integers(len(captions)))
-    images = image_pyramid(record["image"], self.sizes, rng=rng, random_crop=self.random_crop,
-                           random_flip=self.random_flip, crop_ratio=self.crop_ratio)
-    if len(self.sizes) == 1:
-      out = {"image": images[self.sizes[0]]}
-    else:
-      out = {f"image_{s}": images[s] for s in self.sizes}
+    out = {}
+    if self.with_images:
+      images = image_pyramid(record["image"], self.sizes, rng=rng, random_crop=self.random_crop,
+                             random_flip=self.random_flip, crop_ratio=self.crop_ratio)
+      if len(self.sizes) == 1:
+        out = {"image": images[self.sizes[0]]}
+      else:
+        out = {f"image_{s}": images[s] for s in self.sizes}
     out.update(caption=captions[caption_index], caption_index=np.int32(caption_index),
                class_id=np.int32(record.get("class_id", index)), index=np.int64(index))
     if self.text_transform is not None:
@@ -280,6 +285,7 @@ def make_loader(
     num_epochs: int | None = None,
     drop_remainder: bool = True,
     augment: bool | None = None,
+    with_images: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> DataIterator:
@@ -288,6 +294,8 @@ def make_loader(
   text_transform(caption, rng) runs per example (in the workers) and must give the same shapes for every caption
   (e.g. fixed-length token ids); a ValueError from it makes the record bad (error or skip, as configured).
   augment defaults to shuffle (random crop/flip as configured); process_index/process_count default to JAX's.
+  with_images=False gives batches without images (captions, indices, text_transform outputs), for a trainer
+  that looks the images' encodings up by index; sources with a `text_record(index)` then skip decoding.
   The batch order depends on data_config.num_workers, so restore a state with the same worker count.
   """
   p, count = _process(process_index, process_count)
@@ -303,7 +311,7 @@ def make_loader(
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed {seed} must be in [0, 2**32).")
   maker = _ExampleMaker(source, data_config, train=shuffle if augment is None else augment,
-                        text_transform=text_transform)
+                        text_transform=text_transform, with_images=with_images)
   ds = grain.MapDataset.range(local_size)
   if shuffle:
     ds = ds.shuffle(seed=seed)  # Reseeded per epoch by repeat(): every epoch has its own order.

@@ -76,11 +76,13 @@ def read_caption_file(path: str, max_count: int = 0, *, dataset: str, key: str) 
     raise BadRecordError(dataset, key, f"unreadable caption file ({e})", path) from None
 
 
-def check_record(record: dict[str, Any], *, dataset: str, path: str = "") -> None:
-  """Raises BadRecordError unless `record` has a uint8 RGB image and at least one non-empty caption."""
+def check_record(record: dict[str, Any], *, dataset: str, path: str = "", require_image: bool = True) -> None:
+  """Raises BadRecordError unless `record` has a uint8 RGB image (when `require_image`) and at least one
+  non-empty caption."""
   key = str(record.get("key", "?"))
   image = record.get("image")
-  if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+  if (require_image or image is not None) and (not isinstance(image, np.ndarray) or image.dtype != np.uint8
+                                               or image.ndim != 3 or image.shape[-1] != 3):
     desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
     raise BadRecordError(dataset, key, f"image must be uint8 [H, W, 3], got {desc}", path)
   captions = record.get("captions")

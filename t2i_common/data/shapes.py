@@ -208,7 +208,13 @@ class ShapesSource:
   def render(self, scene: dict, resolution: int | None = None) -> dict:
     """The record for a scene from `scene()`, rendered at `resolution` (default: the source's)."""
     r = self.resolution if resolution is None else int(resolution)
-    image = render_scene(scene["background"], scene["objects"], r)
+    return {"image": render_scene(scene["background"], scene["objects"], r), **self._metadata(scene, r)}
+
+  def text_record(self, index: int) -> dict:
+    """Example `index` without its image (captions, objects, class_id, key): no rendering."""
+    return self._metadata(self.scene(index), self.resolution)
+
+  def _metadata(self, scene: dict, r: int) -> dict:
     objects = []
     for obj in scene["objects"]:
       x0, y0, x1, y1 = obj["box"]
@@ -216,7 +222,6 @@ class ShapesSource:
       bbox = [int(math.floor(x0 * r)), int(math.floor(y0 * r)), int(math.ceil(x1 * r)), int(math.ceil(y1 * r))]
       objects.append({"shape": obj["shape"], "color": obj["color"], "size": obj["size"], "bbox": bbox})
     return {
-        "image": image,
         "captions": list(scene["captions"]),
         "objects": objects,
         "class_id": class_id_of((o["color"], o["shape"]) for o in objects),
