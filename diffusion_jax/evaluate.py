@@ -9,19 +9,25 @@ sampling.steps steps of the folder's scheduler and guidance sampling.guidance_sc
 to <workdir>/samples/eval.png and, on shapes data, the oracle's scores (object recall = the fraction of the
 captions' objects found with the right colour and shape, colour recall, shape recall, ...) as JSON to
 <workdir>/eval/samples.json. The same sampler and scores as the training-time sample grids.
+
+--restore_from=0,200,400,600 (shapes data) adds where in the noise range the model loses the objects: the test
+images' VAE latents are noised to the first DDIM timestep at or below each t (of sampling.steps; "from_timestep")
+and denoised with their captions by the remaining steps (guidance as above), and the oracle scores the results
+("restoration" in the JSON, grids restore_<t>.png; t = 0 scores the VAE's own reconstructions).
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import ml_collections
 
 from t2i_common.logging import setup_cli_logging, write_eval_json
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, pretrained: Optional[str] = None) -> dict[str, Any]:
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, pretrained: Optional[str] = None,
+             restore_from: Sequence[int] = ()) -> dict[str, Any]:
   """Samples and scores as the module docstring says; returns the scores (and "path" of the JSON)."""
   from diffusion_jax.pipeline import from_pretrained
   from diffusion_jax.training.ldm_trainer import SampleHook
@@ -32,11 +38,52 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, pretrained: Opt
                             "python -m diffusion_jax.train first, or pass --pretrained DIR.")
   s = config.model.sampling
   hook = SampleHook(config, workdir, every_steps=1)
+  pipe = from_pretrained(folder)
   result: dict[str, Any] = {
       "pipeline": folder, "dataset": config.data.name, "num_images": len(hook.captions), "steps": int(s.steps),
       "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
-      **{k.removeprefix("sample/"): v for k, v in hook.sample_and_score(from_pretrained(folder), "eval").items()}}
+      **{k.removeprefix("sample/"): v for k, v in hook.sample_and_score(pipe, "eval").items()}}
+  if restore_from:
+    if hook.objects is None:
+      raise ValueError("--restore_from needs the shapes oracle: evaluate a model trained on shapes data.")
+    result["restoration"] = {int(t): restoration_scores(pipe, hook, int(t)) for t in restore_from}
   return write_eval_json(workdir, "samples.json", result)
+
+
+def restoration_scores(pipe: Any, hook: Any, t: int) -> dict[str, float]:
+  """Oracle scores of the hook's test images noised to timestep `t` and denoised with their captions (DDIM)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from t2i_common.data.shapes_oracle import score
+  from t2i_common.logging import save_image_grid, to_uint8
+
+  s = hook.config.model.sampling
+  pipe = pipe.with_scheduler("ddim")
+  sched, params, vae_cfg = pipe.scheduler, pipe.params, pipe.vae.config
+  if not 0 <= t < sched.config["num_train_timesteps"]:
+    raise ValueError(f"restore_from timestep {t} is outside [0, {sched.config['num_train_timesteps']}).")
+  posterior = pipe.vae.apply(params["vae"], jnp.asarray(hook.images, jnp.float32), method=type(pipe.vae).encode)
+  z0 = (posterior.mean - (getattr(vae_cfg, "shift_factor", None) or 0.0)) * vae_cfg.scaling_factor
+  state = sched.set_timesteps(int(s.steps), z0.shape)
+  start = int(np.searchsorted(-np.asarray(state.timesteps), -t))  # first step at or below t (they descend)
+  if t == 0 or start == state.num_steps:
+    latents, from_timestep = z0, 0
+  else:
+    state = state.replace(timesteps=state.timesteps[start:],
+                          tables={k: v[start:] for k, v in state.tables.items()})
+    from_timestep = int(state.timesteps[0])
+    noise = jax.random.normal(jax.random.key(s.seed), z0.shape, z0.dtype)
+    noisy = sched.add_noise(z0, noise, jnp.full((z0.shape[0],), state.timesteps[0]))
+    cond = pipe.encode_text(params, jnp.asarray(pipe.tokenize(hook.captions)))
+    uncond = (pipe.encode_text(params, jnp.asarray(pipe.tokenize([""] * len(hook.captions))))
+              if s.guidance_scale > 1.0 else None)  # as the pipeline: no guidance at scale <= 1
+    latents = jax.jit(lambda p, x, c, u, st: pipe.denoise(p, x, c, u, st, guidance_scale=s.guidance_scale))(
+        params, noisy, cond, uncond, state)
+  uint8 = to_uint8(np.asarray(pipe.decode(params, latents)))
+  save_image_grid(uint8, os.path.join(hook.out_dir, f"restore_{t}.png"), captions=hook.captions)
+  return {"from_timestep": from_timestep, **score(list(uint8), hook.objects)}
 
 
 def main(argv) -> None:
@@ -44,7 +91,8 @@ def main(argv) -> None:
   from absl import flags
   setup_cli_logging()
   f = flags.FLAGS
-  print(json.dumps(evaluate(f.config, f.workdir, pretrained=f.pretrained)))
+  restore = [int(t) for t in f.restore_from or []]
+  print(json.dumps(evaluate(f.config, f.workdir, pretrained=f.pretrained, restore_from=restore)))
 
 
 if __name__ == "__main__":
@@ -53,5 +101,7 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "LDM config file (path.py[:variant]).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run folder of diffusion_jax.train (holds pipeline/); outputs go here.")
   flags.DEFINE_string("pretrained", None, "Pipeline folder to evaluate instead of <workdir>/pipeline.")
+  flags.DEFINE_list("restore_from", [], "Timesteps to noise the test images' latents to and denoise from "
+                    "(shapes data), e.g. 0,200,400,600; see the module docstring.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -62,6 +62,14 @@ def test_evaluate_cli_scores_the_exported_pipeline(trained, tmp_path):
   assert os.path.isfile(tmp_path / "samples" / "eval.png")
   with pytest.raises(FileNotFoundError, match="model_index.json"):
     evaluate.evaluate(cfg, str(tmp_path / "empty"))
+  # Restoration: the tiny config samples 2 DDIM steps (timesteps 501, 1), so t = 600 starts from 501 and
+  # t = 0 is the VAE's reconstruction.
+  restored = evaluate.evaluate(cfg, str(tmp_path), pretrained=ldm["pipeline"], restore_from=(0, 600))["restoration"]
+  assert [restored[t]["from_timestep"] for t in (0, 600)] == [0, 501]
+  assert all(0.0 <= restored[t]["object_recall"] <= 1.0 for t in (0, 600))
+  assert os.path.isfile(tmp_path / "samples" / "restore_600.png")
+  with pytest.raises(ValueError, match="outside"):
+    evaluate.evaluate(cfg, str(tmp_path), pretrained=ldm["pipeline"], restore_from=(1000,))
 
 
 def test_ldm_pipeline_reads_in_diffusers(trained):

@@ -301,6 +301,7 @@ class SampleHook:
     data = config.data
     batch = next(iter(iterate_eval(data, "test", s.num_images, seed=s.seed)))
     self.captions: list[str] = [str(c) for c in batch["caption"]]
+    self.images = batch.get("image")  # the captions' own test images in [-1, 1] (diffusion_jax.evaluate)
     self.objects: list | None = None
     if data.name == "shapes":
       source = make_source(data, "test")
