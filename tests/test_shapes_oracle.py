@@ -62,6 +62,12 @@ def test_scores_count_misses_and_false_detections():
   more = score(images, [t + [a] for t, a in zip(truth, absent)])
   assert more["object_recall"] == pytest.approx(listed / (listed + 6)) and more["all_present"] == 0.0
   assert more["object_precision"] == 1.0
+  # Per shape: every "ring" entry that was added is missed; shapes drawn and listed once are all found.
+  for shape in {sh for t in truth for _, sh in t} | {"ring"}:
+    drawn = sum(sh == shape for t in truth for _, sh in t)
+    added = sum(sh == shape for _, sh in absent)
+    assert exact.get(f"object_recall/{shape}", 1.0) == 1.0
+    assert more[f"object_recall/{shape}"] == pytest.approx(drawn / (drawn + added))
   # Listing only the first object of each image: every other detection is a false positive.
   fewer = score(images, [t[:1] for t in truth])
   assert fewer["object_recall"] == 1.0 and fewer["object_precision"] == pytest.approx(6 / listed)

@@ -206,11 +206,13 @@ def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list 
   A detection counts once per listed object with the same (color, shape) (multiset matching).
   object_recall = matched / listed, object_precision = matched / detected (0 when nothing is detected),
   all_present = fraction of images whose every listed object is matched; color_recall and shape_recall give
-  the same recall for colour alone and shape alone (diagnostics). If `detections` is a list, each image's
-  detections are appended to it.
+  the same recall for colour alone and shape alone (diagnostics), and object_recall/<shape> the object recall
+  of the listed objects of each shape (a model learns some shapes before others). If `detections` is a list,
+  each image's detections are appended to it.
   """
   listed = matched = detected = complete = num = 0
   color_hits = shape_hits = 0
+  per_shape: dict[str, list[int]] = {}  # shape -> [matched, listed]
   for image, objects in zip(images, objects_lists, strict=True):
     want = collections.Counter(_pairs(objects))
     found_list = detect_objects(image)
@@ -223,6 +225,10 @@ def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list 
     matched += hits
     complete += hits == sum(want.values())
     num += 1
+    for (color, shape), count in want.items():
+      tally = per_shape.setdefault(shape, [0, 0])
+      tally[0] += min(count, got[(color, shape)])
+      tally[1] += count
     for index in (0, 1):
       wanted = collections.Counter(p[index] for p in want.elements())
       have = collections.Counter(p[index] for p in got.elements())
@@ -240,6 +246,7 @@ def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list 
       "num_images": num,
       "num_objects": listed,
       "num_detections": detected,
+      **{f"object_recall/{shape}": hit / total for shape, (hit, total) in sorted(per_shape.items())},
   }
 
 
