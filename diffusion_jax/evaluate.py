@@ -39,19 +39,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, pretrained: Opt
   s = config.model.sampling
   hook = SampleHook(config, workdir, every_steps=1)
   pipe = from_pretrained(folder)
+  restore_from = [int(t) for t in restore_from]
+  if restore_from:  # checked before sampling, which takes minutes
+    if hook.objects is None:
+      raise ValueError("--restore_from needs the shapes oracle: evaluate a model trained on shapes data.")
+    total = pipe.scheduler.config["num_train_timesteps"]
+    bad = [t for t in restore_from if not 0 <= t < total]
+    if bad:
+      raise ValueError(f"restore_from timesteps {bad} are outside [0, {total}).")
   result: dict[str, Any] = {
       "pipeline": folder, "dataset": config.data.name, "num_images": len(hook.captions), "steps": int(s.steps),
       "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
       **{k.removeprefix("sample/"): v for k, v in hook.sample_and_score(pipe, "eval").items()}}
   if restore_from:
-    if hook.objects is None:
-      raise ValueError("--restore_from needs the shapes oracle: evaluate a model trained on shapes data.")
-    result["restoration"] = {int(t): restoration_scores(pipe, hook, int(t)) for t in restore_from}
+    result["restoration"] = restoration_scores(pipe, hook, restore_from)
   return write_eval_json(workdir, "samples.json", result)
 
 
-def restoration_scores(pipe: Any, hook: Any, t: int) -> dict[str, float]:
-  """Oracle scores of the hook's test images noised to timestep `t` and denoised with their captions (DDIM)."""
+def restoration_scores(pipe: Any, hook: Any, timesteps: Sequence[int]) -> dict[int, dict[str, float]]:
+  """Oracle scores of the hook's test images noised to each timestep and denoised with their captions (DDIM)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -62,28 +68,29 @@ def restoration_scores(pipe: Any, hook: Any, t: int) -> dict[str, float]:
   s = hook.config.model.sampling
   pipe = pipe.with_scheduler("ddim")
   sched, params, vae_cfg = pipe.scheduler, pipe.params, pipe.vae.config
-  if not 0 <= t < sched.config["num_train_timesteps"]:
-    raise ValueError(f"restore_from timestep {t} is outside [0, {sched.config['num_train_timesteps']}).")
+  # The images, captions and sampler are the same for every timestep: encode them once.
   posterior = pipe.vae.apply(params["vae"], jnp.asarray(hook.images, jnp.float32), method=type(pipe.vae).encode)
   z0 = (posterior.mean - (getattr(vae_cfg, "shift_factor", None) or 0.0)) * vae_cfg.scaling_factor
-  state = sched.set_timesteps(int(s.steps), z0.shape)
-  start = int(np.searchsorted(-np.asarray(state.timesteps), -t))  # first step at or below t (they descend)
-  if t == 0 or start == state.num_steps:
-    latents, from_timestep = z0, 0
-  else:
-    state = state.replace(timesteps=state.timesteps[start:],
-                          tables={k: v[start:] for k, v in state.tables.items()})
-    from_timestep = int(state.timesteps[0])
-    noise = jax.random.normal(jax.random.key(s.seed), z0.shape, z0.dtype)
-    noisy = sched.add_noise(z0, noise, jnp.full((z0.shape[0],), state.timesteps[0]))
-    cond = pipe.encode_text(params, jnp.asarray(pipe.tokenize(hook.captions)))
-    uncond = (pipe.encode_text(params, jnp.asarray(pipe.tokenize([""] * len(hook.captions))))
-              if s.guidance_scale > 1.0 else None)  # as the pipeline: no guidance at scale <= 1
-    latents = jax.jit(lambda p, x, c, u, st: pipe.denoise(p, x, c, u, st, guidance_scale=s.guidance_scale))(
-        params, noisy, cond, uncond, state)
-  uint8 = to_uint8(np.asarray(pipe.decode(params, latents)))
-  save_image_grid(uint8, os.path.join(hook.out_dir, f"restore_{t}.png"), captions=hook.captions)
-  return {"from_timestep": from_timestep, **score(list(uint8), hook.objects)}
+  noise = jax.random.normal(jax.random.key(s.seed), z0.shape, z0.dtype)
+  cond = pipe.encode_text(params, jnp.asarray(pipe.tokenize(hook.captions)))
+  uncond = (pipe.encode_text(params, jnp.asarray(pipe.tokenize([""] * len(hook.captions))))
+            if s.guidance_scale > 1.0 else None)  # as the pipeline: no guidance at scale <= 1
+  denoise = jax.jit(lambda p, x, c, u, st: pipe.denoise(p, x, c, u, st, guidance_scale=s.guidance_scale))
+  full = sched.set_timesteps(int(s.steps), z0.shape)
+  results = {}
+  for t in timesteps:
+    start = int(np.searchsorted(-np.asarray(full.timesteps), -t))  # first step at or below t (they descend)
+    if t == 0 or start == full.num_steps:
+      latents, from_timestep = z0, 0
+    else:
+      state = full.replace(timesteps=full.timesteps[start:], tables={k: v[start:] for k, v in full.tables.items()})
+      from_timestep = int(state.timesteps[0])
+      noisy = sched.add_noise(z0, noise, jnp.full((z0.shape[0],), from_timestep))
+      latents = denoise(params, noisy, cond, uncond, state)
+    uint8 = to_uint8(np.asarray(pipe.decode(params, latents)))
+    save_image_grid(uint8, os.path.join(hook.out_dir, f"restore_{t}.png"), captions=hook.captions)
+    results[t] = {"from_timestep": from_timestep, **score(list(uint8), hook.objects)}
+  return results
 
 
 def main(argv) -> None:
@@ -91,8 +98,7 @@ def main(argv) -> None:
   from absl import flags
   setup_cli_logging()
   f = flags.FLAGS
-  restore = [int(t) for t in f.restore_from or []]
-  print(json.dumps(evaluate(f.config, f.workdir, pretrained=f.pretrained, restore_from=restore)))
+  print(json.dumps(evaluate(f.config, f.workdir, pretrained=f.pretrained, restore_from=f.restore_from or ())))
 
 
 if __name__ == "__main__":
