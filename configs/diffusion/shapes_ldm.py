@@ -30,7 +30,8 @@ measured (16 test captions unless stated):
   (0.033 against 0.060: a 600-step VAE's posterior noise, std ~0.25 against ~1.5 for the means, is data the UNet
   cannot predict); v-prediction with mean latents 10.4 / 86.5 %; UNet (64, 128, 128) at 1.1 steps/s 9.4 / 79.2 %,
   its loss at 1,200 steps equal to this config's at 2,400. None of them draws shapes. All of the first three
-  together with batch 16 for 4,400 steps (~18 min): 17.7 / 79.2 %; per shape (object_recall/<shape> in the
+  together with batch 16 for 4,400 steps (4.3-4.5 steps/s when the machine was idle; 22 min 36 s wall, shared
+  with other jobs): 17.7 / 79.2 %; per shape (object_recall/<shape> in the
   scores) circles 79 %, squares 50 %, the other six 0-10 % (this config: 57 / 12.5 / 0-19 %), and prompted
   "a single shape: a large red square" it draws squares 11 times in 12. Shapes are learned one at a time,
   the convex ones first: the budget is what runs out.
