@@ -57,6 +57,8 @@ def test_evaluate_cli_scores_the_exported_pipeline(trained, tmp_path):
   assert result["num_images"] == 4 and result["num_objects"] >= 4
   for key in ("object_recall", "object_precision", "all_present", "color_recall", "shape_recall"):
     assert 0.0 <= result[key] <= 1.0
+  # The config's held-out pairs reach the oracle: the recall is split between seen and held-out pairs.
+  assert {"object_recall/seen", "object_recall/held_out"} & set(result)
   with open(tmp_path / "eval" / "samples.json") as f:
     assert json.load(f)["object_recall"] == result["object_recall"]
   assert os.path.isfile(tmp_path / "samples" / "eval.png")

@@ -71,6 +71,15 @@ def test_scores_count_misses_and_false_detections():
     else:
       assert f"object_recall/{shape}" not in exact
     assert more[f"object_recall/{shape}"] == pytest.approx(drawn / (drawn + added))
+  # Seen / held-out split: the added rings are all missed, so holding out one of them (and a drawn pair) splits
+  # the recall exactly; without `holdout` there is no split.
+  held = {absent[0], truth[0][0]}
+  split = score(images, [t + [a] for t, a in zip(truth, absent)], holdout=held)
+  listed_held = sum(p in held for t, a in zip(truth, absent) for p in t + [a])
+  found_held = sum(p in held for t in truth for p in t)
+  assert split["object_recall/held_out"] == pytest.approx(found_held / listed_held)
+  assert split["object_recall/seen"] == pytest.approx((listed - found_held) / (listed + 6 - listed_held))
+  assert "object_recall/seen" not in more and "object_recall/held_out" not in more
   # Listing only the first object of each image: every other detection is a false positive.
   fewer = score(images, [t[:1] for t in truth])
   assert fewer["object_recall"] == 1.0 and fewer["object_precision"] == pytest.approx(6 / listed)

@@ -303,9 +303,12 @@ class SampleHook:
     self.captions: list[str] = [str(c) for c in batch["caption"]]
     self.images = batch.get("image")  # the captions' own test images in [-1, 1] (diffusion_jax.evaluate)
     self.objects: list | None = None
+    self.holdout: tuple[tuple[str, str], ...] = ()  # shapes: (color, shape) pairs kept out of training
     if data.name == "shapes":
+      from t2i_common.data.shapes import parse_holdout
       source = make_source(data, "test")
       self.objects = [source[int(i)]["objects"] for i in batch["index"]]
+      self.holdout = parse_holdout(data.shapes.holdout)
 
   def sample_and_score(self, pipe: Pipeline, tag: str) -> dict[str, float]:
     s = self.config.model.sampling
@@ -317,7 +320,7 @@ class SampleHook:
     metrics: dict[str, float] = {}
     if self.objects is not None:
       from t2i_common.data.shapes_oracle import score
-      result = score(list(uint8), self.objects)
+      result = score(list(uint8), self.objects, holdout=self.holdout)
       metrics = {f"sample/{k}": float(v) for k, v in result.items() if k != "num_images"}
     return metrics
 

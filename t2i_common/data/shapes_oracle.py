@@ -200,19 +200,23 @@ def _pairs(objects: Iterable) -> list[tuple[str, str]]:
   return pairs
 
 
-def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list | None = None) -> dict:
+def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list | None = None,
+          holdout: Iterable[tuple[str, str]] = ()) -> dict:
   """Object recall/precision of `detect_objects` against the listed objects of each image.
 
   A detection counts once per listed object with the same (color, shape) (multiset matching).
   object_recall = matched / listed, object_precision = matched / detected (0 when nothing is detected),
   all_present = fraction of images whose every listed object is matched; color_recall and shape_recall give
   the same recall for colour alone and shape alone (diagnostics), and object_recall/<shape> the object recall
-  of the listed objects of each shape (a model learns some shapes before others). If `detections` is a list,
-  each image's detections are appended to it.
+  of the listed objects of each shape (a model learns some shapes before others). With `holdout` (the
+  (color, shape) pairs kept out of training), object_recall/seen and object_recall/held_out split the recall
+  between the listed objects of trained pairs and of held-out ones (compositional generalisation). If
+  `detections` is a list, each image's detections are appended to it.
   """
+  holdout = set(holdout)
   listed = matched = detected = complete = num = 0
   color_hits = shape_hits = 0
-  per_shape: dict[str, list[int]] = {}  # shape -> [matched, listed]
+  per_group: dict[str, list[int]] = {}  # a shape, "seen" or "held_out" -> [matched, listed]
   for image, objects in zip(images, objects_lists, strict=True):
     want = collections.Counter(_pairs(objects))
     found_list = detect_objects(image)
@@ -226,9 +230,11 @@ def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list 
     complete += hits == sum(want.values())
     num += 1
     for (color, shape), count in want.items():
-      tally = per_shape.setdefault(shape, [0, 0])
-      tally[0] += min(count, got[(color, shape)])
-      tally[1] += count
+      groups = [shape] + ([("held_out" if (color, shape) in holdout else "seen")] if holdout else [])
+      for group in groups:
+        tally = per_group.setdefault(group, [0, 0])
+        tally[0] += min(count, got[(color, shape)])
+        tally[1] += count
     for index in (0, 1):
       wanted = collections.Counter(p[index] for p in want.elements())
       have = collections.Counter(p[index] for p in got.elements())
@@ -246,7 +252,7 @@ def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list 
       "num_images": num,
       "num_objects": listed,
       "num_detections": detected,
-      **{f"object_recall/{shape}": hit / total for shape, (hit, total) in sorted(per_shape.items())},
+      **{f"object_recall/{group}": hit / total for group, (hit, total) in sorted(per_group.items())},
   }
 
 
