@@ -10,40 +10,44 @@ the VAE trained by configs/diffusion/shapes_vae.py (stage 2 of 2).
 Writes runs/shapes_ldm/pipeline (a diffusers Stable Diffusion folder: `diffusion_jax.from_pretrained` and
 diffusers' StableDiffusionPipeline read it), sample grids under runs/shapes_ldm/samples and the shapes oracle's
 scores of the samples in metrics.jsonl (sample/object_recall, ...).
-Settings chosen for the CPU budget: 32 px scenes with one object (16 x 16 x 4 latents of the two-level VAE),
-latents encoded once (model.cache_latents), min-SNR-5 loss weighting, lr 1e-3, EMA 0.995 with warm-up, UNet
-(32, 64, 128) with cross-attention at 8 x 8 and 4 x 4 (4.1M parameters).
-Measured on 2 idle CPU cores, VAE of shapes_vae.py then this config: VAE about 9 min; LDM 18 min 58 s (60 s
-encoding the 20,000 training images, 2,400 steps at 2.4 steps/s including the sample grids); about 28 min for
-both. The model follows colours but NOT yet shapes: on 96 test captions (the evaluate command above: 25
-DDIM steps, guidance 4) the shapes oracle gives colour recall 85.4 % but object (= shape) recall 13.5 %, the
-chance level of 8 shapes; the samples are single blobs of the right colour on plain backgrounds. Drawing
-recognisable shapes within 30 CPU minutes is open work. `--restore_from=0,400,600` on the evaluate command shows
-where the objects are lost: the test scenes' own latents noised to DDIM timestep 351 / 551 and denoised with
-their captions keep 68.8 / 50.0 % of the objects (64 captions, 20 steps; the VAE alone 78.1 %), so the model keeps
-shapes it is shown but does not draw them from the caption, which it must from t ~ 500 up. Other settings
-measured (16 test captions unless stated):
-- 1,200 steps of batch 32 from the same seed, 96 test captions as above (object recall / colour recall): logit-
-  normal timesteps (model.timestep_sampling.kind=logit_normal) 13.5 / 76.0 %; the attention-pooled caption
-  added to the time embedding (model.unet.addition_embed_type=text) 9.4 / 59.4 %; min-SNR gamma 0.25 7.3 /
-  61.5 %; posterior-mean latents (model.latents=mean) 8.3 / 59.4 %, although their loss is half this config's
-  (0.033 against 0.060: a 600-step VAE's posterior noise, std ~0.25 against ~1.5 for the means, is data the UNet
-  cannot predict); v-prediction with mean latents 10.4 / 86.5 %; UNet (64, 128, 128) at 1.1 steps/s 9.4 / 79.2 %,
-  its loss at 1,200 steps equal to this config's at 2,400. None of them draws shapes. All of the first three
-  together with batch 16 for 4,400 steps (4.3-4.5 steps/s when the machine was idle; 22 min 36 s wall, shared
-  with other jobs): 17.7 / 79.2 %; per shape (object_recall/<shape> in the
-  scores) circles 79 %, squares 50 %, the other six 0-10 % (this config: 57 / 12.5 / 0-19 %), and prompted
-  "a single shape: a large red square" it draws squares 11 times in 12. Shapes are learned one at a time,
-  the convex ones first: the budget is what runs out.
-- batch 16 for 4,400 steps (4.5 steps/s, 18 min 53 s): 96 captions, object recall 16.7 %, colour 81.3 %;
-  guidance 8 / 12: 15.6 / 13.5 %. The VAE is not the limit here: its reconstructions of one-object test scenes
-  keep 73.5 % of the objects, also with noise of 0.3 latent std added before decoding (76.5 %).
+Settings: 32 px scenes with one object (16 x 16 x 4 latents of the two-level VAE), latents encoded once
+(model.cache_latents) as posterior means (model.latents=mean), logit-normal training timesteps, min-SNR-5 loss
+weighting, lr 1e-3, batch 16, EMA 0.995 with warm-up, UNet (32, 64, 128) with cross-attention at 8 x 8 and
+4 x 4 and the attention-pooled caption added to its time embedding (addition_embed_type=text; 4.15M parameters).
+Measured on 2 CPU cores, the README commands on a fresh workdir (VAE of shapes_vae.py, then this config): VAE
+9 min 42 s; LDM 45 min 29 s (80 s encoding the 20,000 training images, 8,800 steps at 3.4-3.6 steps/s, sample
+grids every 2,200 steps; the machine ran the same step at 4.4 steps/s earlier that day, and a low-priority test
+run shared its last 25 min); 55 min 11 s for both, OVER the 30-minute target of the shapes LDM. On 96 test
+captions (the evaluate command above: 25 DDIM steps, guidance 4) the shapes oracle finds 66.7 % of the captioned
+objects with the right colour and shape (precision 86.5 %, colour recall 77.1 %): 80.8 % of those of colour-shape
+pairs seen in training and 5.6 % of the held-out purple stars (object_recall/seen, /held_out); per shape circle
+79 %, square 100 %, triangle 86 %, diamond 88 %, heart 100 % (4 captions), ring 100 % (7), cross 60 %, star 9 %
+(23 captions, 18 of them the held-out purple star).
+The shapes appear late and suddenly: the training sample grids (16 captions) score 31 / 31 / 63 / 88 % at steps
+2,200 / 4,400 / 6,600 / 8,800, and the evaluate command 17.7 / 45.8 / 66.7 % at 4,400 / 6,600 / 8,800 (a run of
+the same recipe resumed at those steps); within 30 minutes (VAE + about 4,400 LDM steps) the samples are still
+mostly blobs of the right colour (circles 79 %, squares 50 %, other shapes 0-10 %). Shapes are learned one at a
+time, the convex ones first, and the loss says little about it: lr 2e-3 with cosine decay reached a lower loss
+at 4,400 steps (0.018 against 0.022) and 15.6 % object recall.
+`--restore_from=0,400,600` on the evaluate command shows where a model loses the objects: the test scenes' own
+latents noised to DDIM timestep 351 / 551 and denoised with their captions (64 captions, 20 steps).
+Other settings measured (object recall / colour recall on 96 test captions unless stated):
+- The previous version of this config (posterior samples, uniform timesteps, no pooled caption, batch 32,
+  2,400 steps, 18 min 58 s): 13.5 / 85.4 %, the chance level of 8 shapes; restoration from t = 351 / 551 kept
+  68.8 / 50.0 % of the objects (the VAE alone 78.1 %): it kept shapes it was shown but did not draw them from
+  the caption.
+- Batch 8 (7.1 steps/s): 10.4 / 83.3 % after 4,400 steps. lr 2e-3 constant: 15.6 / 82.3 % after 3,300 steps.
+- 1,200 steps of batch 32 from the same seed: logit-normal timesteps 13.5 / 76.0 %; the pooled caption in the
+  time embedding 9.4 / 59.4 %; min-SNR gamma 0.25 7.3 / 61.5 %; posterior-mean latents 8.3 / 59.4 %, although
+  their loss is half (0.033 against 0.060: a 600-step VAE's posterior noise, std ~0.25 against ~1.5 for the
+  means, is data the UNet cannot predict); v-prediction with mean latents 10.4 / 86.5 %; UNet (64, 128, 128) at
+  1.1 steps/s 9.4 / 79.2 %, its loss at 1,200 steps equal to (32, 64, 128)'s at 2,400.
+- Guidance and sampling steps change little before the shapes are learned: after 4,400 steps, on another
+  caption per test scene, guidance 1 / 2 / 4 gave 9.4 / 14.6 / 15.6 % and 50 DDIM steps 14.6 %; guidance 8 /
+  12 on a batch-16 run without the three options 15.6 / 13.5 % (16.7 % at guidance 4).
 - 1-3 objects, 8 x 8 x 4 latents (three-level VAE, whose own reconstructions keep only 40 % of the objects
-  recognisable), UNet (48, 96, 96): object recall 13.2 %, colour 57.9 % after 2,400 steps (14 min 27 s); on 48
-  captions guidance 1.5 / 3 / 6 / 9 gives 8.5 / 9.6 / 9.6 / 9.6 %. Resumed to 6,000 steps: object 18.4 %, colour
-  73.7 %, shape 16-24 %.
-- 1-3 objects, 16 x 16 latents, this UNet: object recall 7.9 / 5.3 / 2.6 %, colour 23.7 / 36.8 / 44.7 % at steps
-  600 / 1200 / 1800 (2.3 steps/s).
+  recognisable), UNet (48, 96, 96): object recall 13.2 %, colour 57.9 % after 2,400 steps (14 min 27 s), 18.4 /
+  73.7 % after 6,000. 1-3 objects, 16 x 16 latents: 7.9 / 5.3 / 2.6 % object recall at steps 600 / 1200 / 1800.
 - 64 px, 16 x 16 latents of a three-level VAE, UNet (32, 64, 64): 1.4 steps/s, blobs after 1,000 steps.
 Variant "tiny" is the test-suite version; variant "finetune" starts from a diffusers SD folder
 (--config.model.pretrained=DIR) instead of training from scratch.
@@ -64,21 +68,27 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = common.experiment_config(
       data=data_config("shapes", image_sizes=(32,)), model=ldm_model_config(),
       optimizer=optimizer_config(learning_rate=1e-3, warmup_steps=200),
-      train={"batch_size": 32, "num_steps": 2400, "export_ema": True}, checkpoint_every=600,
-      images_every=600)
+      train={"batch_size": 16, "num_steps": 8800, "export_ema": True}, checkpoint_every=1100,
+      images_every=2200)
   config.data.shapes.resolution = 32  # as the VAE of shapes_vae.py: 16 x 16 x 4 latents
   # One object per scene: with 1-3 objects (`--config.data.shapes.max_objects=3`) the budget goes to binding
   # words to objects and colours come out worse (figures above).
   config.data.shapes.max_objects = 1
   config.model.cache_latents = True
+  # The posterior mean: a briefly trained VAE's posterior noise is data the UNet cannot predict.
+  config.model.latents = "mean"
+  # More training steps at mid noise, where an object's outline forms.
+  config.model.timestep_sampling.kind = "logit_normal"
   config.model.snr_gamma = 5.0
   config.model.ema_decay = 0.995
   # Cross-attention at 8 x 8 and 4 x 4 only: at 16 x 16 it made a training step 30 % slower (isolated step
-  # benchmark) and one object needs no finer word placement.
+  # benchmark) and one object needs no finer word placement. The attention-pooled caption is also added to the
+  # time embedding, so the 16 x 16 ResNet blocks that draw the outline see the shape word too.
   config.model.unet.update(
       block_out_channels=(32, 64, 128),
       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+      addition_embed_type="text")
   if variant == "tiny":
     config.data.shapes.num_train = 64
     config.data.shapes.num_test = 16
@@ -100,6 +110,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.cache_latents = False  # real fine-tuning data is usually augmented, so encode every step
     config.model.sample_scheduler = ""  # the folder's own
     config.model.prediction_type = ""  # the model's own
+    config.model.latents = "sample"  # as SD was trained
+    config.model.timestep_sampling.kind = "uniform"
     config.optimizer.learning_rate = 1e-5
     config.train.batch_size = 8
   return config
