@@ -8,8 +8,8 @@ config.model.sampling.num_images captions of the test split (one per image, seed
 sampling.steps steps of the folder's scheduler and guidance sampling.guidance_scale, writes the captioned grid
 to <workdir>/samples/eval.png and, on shapes data, the oracle's scores (object recall = the fraction of the
 captions' objects found with the right colour and shape, colour recall, shape recall, the object recall per
-shape and split between the colour-shape pairs seen in training and those held out of it (data.shapes.holdout,
-25 % of the test scenes by default), ...) as JSON to <workdir>/eval/samples.json. The same sampler and scores as the training-time sample grids.
+shape and split between the colour-shape pairs seen in training and those held out of it, data.shapes.holdout)
+as JSON to <workdir>/eval/samples.json. The same sampler and scores as the training-time sample grids.
 
 --restore_from=0,200,400,600 (shapes data) adds where in the noise range the model loses the objects: the test
 images' VAE latents are noised to the first DDIM timestep at or below each t (of sampling.steps; "from_timestep")
