@@ -68,10 +68,9 @@ def restoration_scores(pipe: Any, hook: Any, timesteps: Sequence[int]) -> dict[i
 
   s = hook.config.model.sampling
   pipe = pipe.with_scheduler("ddim")
-  sched, params, vae_cfg = pipe.scheduler, pipe.params, pipe.vae.config
+  sched, params = pipe.scheduler, pipe.params
   # The images, captions and sampler are the same for every timestep: encode them once.
-  posterior = pipe.vae.apply(params["vae"], jnp.asarray(hook.images, jnp.float32), method=type(pipe.vae).encode)
-  z0 = (posterior.mean - (getattr(vae_cfg, "shift_factor", None) or 0.0)) * vae_cfg.scaling_factor
+  z0 = pipe.encode(params, jnp.asarray(hook.images, jnp.float32))
   noise = jax.random.normal(jax.random.key(s.seed), z0.shape, z0.dtype)
   cond = pipe.encode_text(params, jnp.asarray(pipe.tokenize(hook.captions)))
   uncond = (pipe.encode_text(params, jnp.asarray(pipe.tokenize([""] * len(hook.captions))))

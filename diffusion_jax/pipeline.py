@@ -156,6 +156,14 @@ class Pipeline:
     latents, _ = jax.lax.fori_loop(0, scheduler_state.num_steps, body, (constrain(latents), scheduler_state))
     return latents
 
+  def encode(self, params: dict, images: jax.Array) -> jax.Array:
+    """Images [B, H, W, 3] in [-1, 1] -> NHWC latents (the VAE posterior's mean), scaled as `decode` reads them."""
+    cfg = self.vae.config
+    z = self.vae.apply(params["vae"], images, method=type(self.vae).encode).mean
+    if getattr(cfg, "shift_factor", None):
+      z = z - cfg.shift_factor
+    return z * cfg.scaling_factor
+
   def decode(self, params: dict, latents: jax.Array) -> jax.Array:
     """NHWC latents -> images [B, H, W, 3] float32 in [0, 1]."""
     cfg = self.vae.config

@@ -141,3 +141,20 @@ def test_seeds_give_per_image_noise(ours):
 def test_bad_arguments_fail_before_compiling(ours, kwargs, match):
   with pytest.raises(ValueError, match=match):
     ours["sd1"](**kwargs, num_inference_steps=2)
+
+
+@pytest.mark.parametrize("variant", ["sd1", "sd2"])
+def test_encode_gives_diffusers_scaled_latents(variant, ours, theirs):
+  # Pipeline.encode is the inverse mapping of decode: the posterior mean times scaling_factor, as diffusers'
+  # img2img prepares image latents; decoding them gives the VAE's reconstruction.
+  pipe, ref = ours[variant], theirs[variant]
+  size = pipe.vae.config.sample_size
+  images = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+  ours_z = np.asarray(pipe.encode(pipe.params, images))
+  with torch.no_grad():
+    nchw = torch.from_numpy(images.transpose(0, 3, 1, 2))
+    theirs_z = (ref.vae.encode(nchw).latent_dist.mean * ref.vae.config.scaling_factor).numpy().transpose(0, 2, 3, 1)
+    recon = ref.vae.decode(torch.from_numpy(theirs_z.transpose(0, 3, 1, 2)) / ref.vae.config.scaling_factor).sample
+  np.testing.assert_allclose(ours_z, theirs_z, atol=1e-4)
+  recon = np.clip(recon.numpy().transpose(0, 2, 3, 1) / 2 + 0.5, 0, 1)
+  np.testing.assert_allclose(np.asarray(pipe.decode(pipe.params, ours_z)), recon, atol=1e-4)
