@@ -15,20 +15,20 @@ Settings: 32 px scenes with one object (16 x 16 x 4 latents of the two-level VAE
 weighting, lr 1e-3, batch 16, EMA 0.995 with warm-up, UNet (32, 64, 128) with cross-attention at 8 x 8 and
 4 x 4 and the attention-pooled caption added to its time embedding (addition_embed_type=text; 4.15M parameters).
 Measured on 2 CPU cores, the README commands on a fresh workdir (VAE of shapes_vae.py, then this config): VAE
-9 min 42 s; LDM 45 min 29 s (80 s encoding the 20,000 training images, 8,800 steps at 3.4-3.6 steps/s, sample
-grids every 2,200 steps; the machine ran the same step at 4.4 steps/s earlier that day, and a low-priority test
-run shared its last 25 min); 55 min 11 s for both, OVER the 30-minute target of the shapes LDM. On 96 test
-captions (the evaluate command above: 25 DDIM steps, guidance 4) the shapes oracle finds 66.7 % of the captioned
-objects with the right colour and shape (precision 86.5 %, colour recall 77.1 %): 80.8 % of those of colour-shape
-pairs seen in training and 5.6 % of the held-out purple stars (object_recall/seen, /held_out); per shape circle
-79 %, square 100 %, triangle 86 %, diamond 88 %, heart 100 % (4 captions), ring 100 % (7), cross 60 %, star 9 %
-(23 captions, 18 of them the held-out purple star).
-The shapes appear late and suddenly: the training sample grids (16 captions) score 31 / 31 / 63 / 88 % at steps
-2,200 / 4,400 / 6,600 / 8,800, and the evaluate command 17.7 / 45.8 / 66.7 % at 4,400 / 6,600 / 8,800 (a run of
-the same recipe resumed at those steps); within 30 minutes (VAE + about 4,400 LDM steps) the samples are still
-mostly blobs of the right colour (circles 79 %, squares 50 %, other shapes 0-10 %). Shapes are learned one at a
-time, the convex ones first, and the loss says little about it: lr 2e-3 with cosine decay reached a lower loss
-at 4,400 steps (0.018 against 0.022) and 15.6 % object recall.
+4 min 55 s; LDM 43 min 13 s (76 s encoding the 20,000 training images, 31 s compiling, 8,800 steps at 3.6
+steps/s, sample grids every 2,200 steps; the isolated step ran at 4.7 steps/s that morning); 48 min 8 s for
+both, OVER the 30-minute target of the shapes LDM. On 96 test captions (the evaluate command above: 25 DDIM
+steps, guidance 4) the shapes oracle finds 72.9 % of the captioned objects with the right colour and shape
+(precision 77.8 %, colour recall 93.8 %): 85.9 % of those of colour-shape pairs seen in training and 16.7 % of
+the held-out purple stars (object_recall/seen, /held_out); per shape circle 93 %, square 100 %, triangle 93 %,
+diamond 88 %, heart 100 % (4 captions), ring 86 % (7), cross 70 %, star 22 % (23 captions, 18 of them the
+held-out purple star). With the previous VAE (batch 32, 9 min 42 s) the same LDM scored 66.7 %.
+The shapes appear late and suddenly: the training sample grids (16 captions) score 25 / 38 / 56 / 81 % at steps
+2,200 / 4,400 / 6,600 / 8,800, and the evaluate command 17.7 / 45.8 / 66.7 % at 4,400 / 6,600 / 8,800 (a run of the
+same recipe on the previous VAE, resumed at those steps); within 30 minutes (VAE + about 4,400 LDM steps) the
+samples are still mostly blobs of the right colour (circles 79 %, squares 50 %, other shapes 0-10 %). Shapes are
+learned one at a time, the convex ones first, and the loss says little about it: lr 2e-3 with cosine decay reached a
+lower loss at 4,400 steps (0.018 against 0.022) and 15.6 % object recall.
 `--restore_from=0,400,600` on the evaluate command shows where a model loses the objects: the test scenes' own
 latents noised to DDIM timestep 351 / 551 and denoised with their captions (64 captions, 20 steps).
 Other settings measured (object recall / colour recall on 96 test captions unless stated):
@@ -36,7 +36,16 @@ Other settings measured (object recall / colour recall on 96 test captions unles
   2,400 steps, 18 min 58 s): 13.5 / 85.4 %, the chance level of 8 shapes; restoration from t = 351 / 551 kept
   68.8 / 50.0 % of the objects (the VAE alone 78.1 %): it kept shapes it was shown but did not draw them from
   the caption.
-- Batch 8 (7.1 steps/s): 10.4 / 83.3 % after 4,400 steps. lr 2e-3 constant: 15.6 / 82.3 % after 3,300 steps.
+- The shapes need both steps and images: batch 8 (7.1 steps/s): 10.4 / 83.3 % after 4,400 steps and 8.3 / 74.0 %
+  after 6,600; batch 32: 12.5 / 83.3 % after 2,200 steps and 16.7 / 86.5 % after 3,300 (the images of 6,600 batch-16
+  steps, which gave 45.8 %). lr 2e-3 constant: 15.6 / 82.3 % after 3,300 steps. Residual branches (ResNet conv2,
+  transformer proj_out, conv_out) initialised at zero, as ADM: a lower loss (0.020 against 0.022 after 4,400 steps)
+  but 15.6 / 68.8 %.
+- Where the step time goes (isolated step, idle machine, 211 ms): UNet forward + backward 185 ms for 11.6 GFLOP,
+  the text encoder 6 ms, the optimizer and EMA most of the rest. The compiled UNet gradient is ~2,500 XLA CPU
+  operations, and a UNet of a tenth of the FLOPs, (16, 16, 16), still takes 75 ms: narrowing the UNet gains
+  less than its FLOPs suggest. bf16 compute was slower (218 ms); XLA CPU flags (oneDNN, XNNPACK, 512-bit
+  vectors, scheduler) stayed within the machine's +-10 % noise.
 - 1,200 steps of batch 32 from the same seed: logit-normal timesteps 13.5 / 76.0 %; the pooled caption in the
   time embedding 9.4 / 59.4 %; min-SNR gamma 0.25 7.3 / 61.5 %; posterior-mean latents 8.3 / 59.4 %, although
   their loss is half (0.033 against 0.060: a 600-step VAE's posterior noise, std ~0.25 against ~1.5 for the
