@@ -25,10 +25,10 @@ diamond 88 %, heart 100 % (4 captions), ring 86 % (7), cross 70 %, star 22 % (23
 held-out purple star). With the previous VAE (batch 32, 9 min 42 s) the same LDM scored 66.7 %.
 The shapes appear late and suddenly: the training sample grids (16 captions) score 25 / 38 / 56 / 81 % at steps
 2,200 / 4,400 / 6,600 / 8,800, and the evaluate command 17.7 / 45.8 / 66.7 % at 4,400 / 6,600 / 8,800 (a run of the
-same recipe on the previous VAE, resumed at those steps); within 30 minutes (VAE + about 4,400 LDM steps) the
-samples are still mostly blobs of the right colour (circles 79 %, squares 50 %, other shapes 0-10 %). Shapes are
-learned one at a time, the convex ones first, and the loss says little about it: lr 2e-3 with cosine decay reached a
-lower loss at 4,400 steps (0.018 against 0.022) and 15.6 % object recall.
+same recipe on the previous VAE, resumed at those steps); within 30 minutes (VAE + about 5,000 LDM steps at 3.6
+steps/s, 6,400 at 4.7) the samples are partly still blobs of the right colour (at 4,400 steps: circles 79 %, squares
+50 %, other shapes 0-10 %). Shapes are learned one at a time, the convex ones first, and the loss says little about
+it: lr 2e-3 with cosine decay reached a lower loss at 4,400 steps (0.018 against 0.022) and 15.6 % object recall.
 `--restore_from=0,400,600` on the evaluate command shows where a model loses the objects: the test scenes' own
 latents noised to DDIM timestep 351 / 551 and denoised with their captions (64 captions, 20 steps).
 Other settings measured (object recall / colour recall on 96 test captions unless stated):
