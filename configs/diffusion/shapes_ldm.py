@@ -44,8 +44,8 @@ Other settings measured (object recall / colour recall on 96 test captions unles
 - Where the step time goes (isolated step, idle machine, 211 ms): UNet forward + backward 185 ms for 11.6 GFLOP,
   the text encoder 6 ms, the optimizer and EMA most of the rest. The compiled UNet gradient is ~2,500 XLA CPU
   operations, and a UNet of a tenth of the FLOPs, (16, 16, 16), still takes 75 ms: narrowing the UNet gains
-  less than its FLOPs suggest. bf16 compute was slower (218 ms); XLA CPU flags (oneDNN, XNNPACK, 512-bit
-  vectors, scheduler) stayed within the machine's +-10 % noise.
+  less than its FLOPs suggest. Neither bf16 compute (218 ms) nor XLA CPU flags (oneDNN, XNNPACK, 512-bit
+  vectors, scheduler) beat the fp32 default, whose own runs spread from 185 to 237 ms on this machine.
 - 1,200 steps of batch 32 from the same seed: logit-normal timesteps 13.5 / 76.0 %; the pooled caption in the
   time embedding 9.4 / 59.4 %; min-SNR gamma 0.25 7.3 / 61.5 %; posterior-mean latents 8.3 / 59.4 %, although
   their loss is half (0.033 against 0.060: a 600-step VAE's posterior noise, std ~0.25 against ~1.5 for the
