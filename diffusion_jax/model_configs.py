@@ -73,6 +73,9 @@ class UNetConfig:
   # "text": pooled text embedding added to the timestep embedding (see embeddings.TextTimeEmbedding).
   addition_embed_type: Optional[str] = None
   addition_embed_type_num_heads: int = 64
+  # "default": the time embedding is added to the resnet features; "scale_shift": it scales and shifts them
+  # after the second GroupNorm (models/resnet.py).
+  resnet_time_scale_shift: str = "default"
   # Keeps the written config.json faithful: SD 1.x stores an int attention_head_dim, SD 2.x a list.
   heads_as_int: bool = True
 
@@ -89,6 +92,9 @@ class UNetConfig:
     if self.addition_embed_type not in (None, "text"):
       raise UnsupportedConfigError(f"UNet config: addition_embed_type={self.addition_embed_type!r}; supported: "
                                    "None or 'text'.")
+    if self.resnet_time_scale_shift not in ("default", "scale_shift"):
+      raise UnsupportedConfigError(f"UNet config: resnet_time_scale_shift={self.resnet_time_scale_shift!r}; "
+                                   "supported: 'default' or 'scale_shift'.")
     if self.addition_embed_type and self.cross_attention_dim % self.addition_embed_type_num_heads:
       raise UnsupportedConfigError(
           f"UNet config: cross_attention_dim {self.cross_attention_dim} is not divisible by "
@@ -97,6 +103,10 @@ class UNetConfig:
   @property
   def downsample_factor(self) -> int:
     return 2 ** (len(self.block_out_channels) - 1)
+
+  @property
+  def scale_shift(self) -> bool:
+    return self.resnet_time_scale_shift == "scale_shift"
 
   @classmethod
   def from_diffusers(cls, raw: dict, source: str = "unet/config.json") -> "UNetConfig":
@@ -107,7 +117,7 @@ class UNetConfig:
         "mid_block_type": ("UNetMidBlock2DCrossAttn",), "act_fn": ("silu",), "dropout": (0.0,),
         "only_cross_attention": (False,), "dual_cross_attention": (False,), "class_embed_type": (None,),
         "addition_embed_type": (None, "text"), "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
-        "num_class_embeds": (None,), "time_cond_proj_dim": (None,), "resnet_time_scale_shift": ("default",),
+        "num_class_embeds": (None,), "time_cond_proj_dim": (None,), "resnet_time_scale_shift": ("default", "scale_shift"),
         "resnet_skip_time_act": (False,), "resnet_out_scale_factor": (1.0,), "mid_block_scale_factor": (1.0,),
         "time_embedding_type": ("positional",), "time_embedding_dim": (None,), "time_embedding_act_fn": (None,),
         "timestep_post_act": (None,), "conv_in_kernel": (3,), "conv_out_kernel": (3,),
@@ -147,7 +157,8 @@ class UNetConfig:
         use_linear_projection=raw.get("use_linear_projection", False),
         upcast_attention=raw.get("upcast_attention", False) or False, sample_size=raw.get("sample_size"),
         heads_as_int=isinstance(heads, int), addition_embed_type=raw.get("addition_embed_type"),
-        addition_embed_type_num_heads=raw.get("addition_embed_type_num_heads", 64))
+        addition_embed_type_num_heads=raw.get("addition_embed_type_num_heads", 64),
+        resnet_time_scale_shift=raw.get("resnet_time_scale_shift", "default"))
 
   def to_diffusers(self) -> dict:
     heads = self.num_heads[0] if self.heads_as_int and len(set(self.num_heads)) == 1 else list(self.num_heads)
@@ -162,7 +173,8 @@ class UNetConfig:
         "out_channels": self.out_channels, "sample_size": self.sample_size,
         "up_block_types": list(self.up_block_types), "use_linear_projection": self.use_linear_projection,
         "upcast_attention": self.upcast_attention, "addition_embed_type": self.addition_embed_type,
-        "addition_embed_type_num_heads": self.addition_embed_type_num_heads}
+        "addition_embed_type_num_heads": self.addition_embed_type_num_heads,
+        "resnet_time_scale_shift": self.resnet_time_scale_shift}
 
 
 @dataclasses.dataclass(frozen=True)

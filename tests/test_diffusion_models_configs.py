@@ -51,7 +51,7 @@ def test_heads_per_block_and_round_trip():
 
 @pytest.mark.parametrize("key,value", [("class_embed_type", "timestep"), ("addition_embed_type", "text_time"),
                                        ("transformer_layers_per_block", 2), ("resnet_time_scale_shift",
-                                                                             "scale_shift"),
+                                                                             "spatial"),
                                        ("down_block_types", ["SimpleCrossAttnDownBlock2D"] * 4),
                                        ("layers_per_block", [2, 2, 2, 2])])
 def test_unsupported_unet_options_are_named(key, value):

@@ -40,18 +40,22 @@ def test_unet_matches_diffusers(folder):
   _check_unet(os.path.join(folder, "unet"), os.path.basename(folder))
 
 
-def test_unet_with_pooled_text_embedding_matches_diffusers(tmp_path):
-  """addition_embed_type="text" (attention-pooled caption added to the timestep embedding; the shapes LDM
-  uses it): diffusers -> ours matches, and ours -> diffusers reads every tensor back bit-exactly."""
+@pytest.mark.parametrize("time_scale_shift", ["default", "scale_shift"])
+def test_unet_with_pooled_text_embedding_matches_diffusers(tmp_path, time_scale_shift):
+  """addition_embed_type="text" (attention-pooled caption added to the timestep embedding), with the time
+  embedding added to or scaling and shifting the resnet features (the shapes LDM uses both options):
+  diffusers -> ours matches, and ours -> diffusers reads every tensor back bit-exactly."""
   torch.manual_seed(0)
   ref = diffusers.UNet2DConditionModel(
       sample_size=8, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=32,
       down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-      attention_head_dim=4, addition_embed_type="text", addition_embed_type_num_heads=4).eval()
+      attention_head_dim=4, addition_embed_type="text", addition_embed_type_num_heads=4,
+      resnet_time_scale_shift=time_scale_shift).eval()
   randomize_norms(ref, seed=0)
   ref.save_pretrained(str(tmp_path / "unet"))
-  module, variables = _check_unet(str(tmp_path / "unet"), "pooled-text")
+  module, variables = _check_unet(str(tmp_path / "unet"), f"pooled-text {time_scale_shift}")
   assert module.config.addition_embed_type == "text" and module.config.addition_embed_type_num_heads == 4
+  assert module.config.resnet_time_scale_shift == time_scale_shift
   convert.save_unet(str(tmp_path / "ours"), module, variables)
   reloaded = diffusers.UNet2DConditionModel.from_pretrained(str(tmp_path / "ours")).state_dict()
   _assert_same_state(reloaded, ref.state_dict())

@@ -22,11 +22,14 @@ def conv(features: int, kernel: int, name: Optional[str], dtype: Dtype, param_dt
 
 
 class ResnetBlock2D(nn.Module):
-  """GroupNorm-SiLU-conv twice, with an optional time embedding added in between and a 1x1 shortcut when the
-  channel count changes. temb None (the VAE) means no time projection."""
+  """GroupNorm-SiLU-conv twice, with an optional time embedding in between and a 1x1 shortcut when the channel
+  count changes. temb None (the VAE) means no time projection. The time embedding is added before the second
+  norm, or with `scale_shift` (diffusers' resnet_time_scale_shift="scale_shift", ADM's AdaGN) projected to a
+  scale and a shift of the normalised features, which lets it switch channels on and off multiplicatively."""
   out_channels: int
   groups: int = 32
   eps: float = 1e-5
+  scale_shift: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -35,10 +38,17 @@ class ResnetBlock2D(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = nn.silu(GroupNorm(self.groups, self.eps, name="norm1", **kw)(x))
     h = conv(self.out_channels, 3, "conv1", **kw)(h)
-    if temb is not None:
+    norm2 = GroupNorm(self.groups, self.eps, name="norm2", **kw)
+    if temb is None:
+      h = norm2(h)
+    elif self.scale_shift:
+      t = nn.Dense(2 * self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))[:, None, None, :]
+      scale, shift = jnp.split(t, 2, axis=-1)
+      h = norm2(h) * (1 + scale) + shift
+    else:
       t = nn.Dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))
-      h = h + t[:, None, None, :]
-    h = nn.silu(GroupNorm(self.groups, self.eps, name="norm2", **kw)(h))
+      h = norm2(h + t[:, None, None, :])
+    h = nn.silu(h)
     h = conv(self.out_channels, 3, "conv2", **kw)(h)
     if x.shape[-1] != self.out_channels:
       x = conv(self.out_channels, 1, "conv_shortcut", **kw)(x)

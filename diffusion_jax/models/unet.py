@@ -52,7 +52,8 @@ class UNetBlock(nn.Module):
     for j in range(self.num_layers):
       if skips is not None:
         x = jnp.concatenate([x, skips.pop()], axis=-1)
-      x = resnet_cls(self.out_channels, cfg.norm_num_groups, cfg.norm_eps, name=f"resnets_{j}", **kw)(x, temb)
+      x = resnet_cls(self.out_channels, cfg.norm_num_groups, cfg.norm_eps, cfg.scale_shift, name=f"resnets_{j}",
+                     **kw)(x, temb)
       if self.cross_attn:
         x = transformer_cls(self.heads, self.out_channels // self.heads, cfg.norm_num_groups,
                             name=f"attentions_{j}", **kw)(x, context, tuple(capture_at))
@@ -78,10 +79,10 @@ class UNetMidBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     resnet_cls, transformer_cls = _blocks(self.remat)
     c, heads = cfg.block_out_channels[-1], cfg.num_heads[-1]
-    x = resnet_cls(c, cfg.norm_num_groups, cfg.norm_eps, name="resnets_0", **kw)(x, temb)
+    x = resnet_cls(c, cfg.norm_num_groups, cfg.norm_eps, cfg.scale_shift, name="resnets_0", **kw)(x, temb)
     x = transformer_cls(heads, c // heads, cfg.norm_num_groups, name="attentions_0", **kw)(
         x, context, tuple(capture_at))
-    return resnet_cls(c, cfg.norm_num_groups, cfg.norm_eps, name="resnets_1", **kw)(x, temb)
+    return resnet_cls(c, cfg.norm_num_groups, cfg.norm_eps, cfg.scale_shift, name="resnets_1", **kw)(x, temb)
 
 
 class UNet2DConditionModel(nn.Module):

@@ -81,7 +81,10 @@ def ldm_model_config() -> ml_collections.ConfigDict:
           "norm_num_groups": 16,
           # "text": the attention-pooled caption is added to the timestep embedding, so every ResNet block
           # sees it (diffusers' addition_embed_type); "" = cross-attention only, as SD.
-          "addition_embed_type": "", "addition_embed_type_num_heads": 4}),
+          "addition_embed_type": "", "addition_embed_type_num_heads": 4,
+          # "scale_shift": the time (and pooled-caption) embedding scales and shifts each resnet's normalised
+          # features instead of being added to them (diffusers' resnet_time_scale_shift, ADM's AdaGN).
+          "resnet_time_scale_shift": "default"}),
       "sampling": ml_collections.ConfigDict({
           "num_images": 16, "steps": 25, "guidance_scale": 4.0, "seed": 0}),
   })
@@ -187,7 +190,8 @@ class LDMTrainer:
                       cross_attention_dim=self.config.model.text.hidden_size, norm_num_groups=u.norm_num_groups,
                       sample_size=latent_size, heads_as_int=False,
                       addition_embed_type=u.addition_embed_type or None,
-                      addition_embed_type_num_heads=u.addition_embed_type_num_heads)
+                      addition_embed_type_num_heads=u.addition_embed_type_num_heads,
+                      resnet_time_scale_shift=u.resnet_time_scale_shift)
 
   @property
   def vae_scale_factor(self) -> int:
