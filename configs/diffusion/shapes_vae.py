@@ -3,14 +3,15 @@
     python -m diffusion_jax.train --config configs/diffusion/shapes_vae.py --workdir runs/shapes_vae
 
 Writes runs/shapes_vae/vae (a diffusers vae/ folder with a measured scaling_factor) and reconstruction grids
-under runs/shapes_vae/reconstructions. Measured on 2 idle CPU cores: 600 steps of batch 16 at 2.3 steps/s, 4 min
-55 s wall including start-up and compilation; test PSNR 28.6 dB (L1 0.042 in [-1, 1]); scaling_factor 0.557. The
-shapes oracle finds 80 % of the objects of 200 test scenes (1-3 objects) in the reconstructions (colour 99 %,
-shape 80 %; 100 % in the originals). Other settings, same oracle test: batch 32 (9 min 42 s) 29.1 dB, 82 %;
-block_out_channels (16, 32) at batch 32 (2.2 times the steps/s of (32, 64) on a shared machine) 27.5 dB, 76 %;
-300 steps of batch 32 at lr 2e-3 24.2 dB, 55 %. The three-level model (8 x 8 x 4 latents,
-`--config.model.block_out_channels=(16,32,64)`, 2.9 steps/s) reached 26.5 dB after 1,000 steps but its
-reconstructions keep only 40 % of the objects recognisable: a small object is 2 x 2 latent pixels there.
+under runs/shapes_vae/reconstructions. Measured on 2 idle CPU cores: 600 steps of batch 16 at 2.2-2.3 steps/s,
+4 min 50 s to 4 min 55 s wall (two runs) including start-up and compilation; test PSNR 28.6 dB (L1 0.042 in
+[-1, 1]); scaling_factor 0.557. The shapes oracle finds 80 % of the objects of 200 test scenes (1-3 objects) in the
+reconstructions (colour 99 %, shape 80 %; 100 % in the originals). Other settings, same oracle test: batch 32 (9
+min 42 s) 29.1 dB, 82 %; block_out_channels (16, 32) at batch 32 (2.2 times the steps/s of (32, 64) on a shared
+machine) 27.5 dB, 76 %, at batch 16 (3 min 40 s, sharing the machine) 66 % (colour 84 %); 300 steps of batch 32 at
+lr 2e-3 24.2 dB, 55 %. The three-level model (8 x 8 x 4 latents, `--config.model.block_out_channels=(16,32,64)`,
+2.9 steps/s) reached 26.5 dB after 1,000 steps but its reconstructions keep only 40 % of the objects
+recognisable: a small object is 2 x 2 latent pixels there.
 Variant "tiny" is the test-suite version (a few steps).
 """
 import ml_collections
