@@ -31,10 +31,9 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
-
-import ml_collections
 
 from attngan_jax.gan import torch_weights as gan_names
 from attngan_jax.gan.config import gan_model_config
@@ -44,7 +43,8 @@ from attngan_jax.image_encoder import ImageEncoder
 from attngan_jax.inception import InceptionV3
 from attngan_jax.text import Vocabulary
 from attngan_jax.text_encoder import TextEncoder
-from t2i_common.weights import BATCHNORM_LEAVES, abstract_params, conv_kernel, convert_strict, dense_kernel, read_state_dict
+from t2i_common.weights import (BATCHNORM_LEAVES, abstract_params, conv_kernel, convert_strict, dense_kernel,
+                                read_state_dict)
 
 KINDS = ("text_encoder", "image_encoder", "inception", "generator", "discriminator")
 VARIABLES_FILE = "variables.safetensors"
