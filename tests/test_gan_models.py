@@ -180,3 +180,26 @@ def test_bad_input_is_named(small):
     Discriminator(image_size=32).init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32)), jnp.zeros((1, 256)))
   with pytest.raises(ValueError, match="side 4 \\* 2\\^n"):
     Discriminator(image_size=48).init(jax.random.PRNGKey(0), jnp.zeros((1, 48, 48, 3)), jnp.zeros((1, 256)))
+
+
+def test_train_mode_batch_statistics_are_global_under_a_sharded_batch(small):
+  """BatchNorm over a batch split across 8 devices uses the whole batch's statistics (as on one device)."""
+  from t2i_common.parallel import batch_sharding, create_mesh, replicated
+  model, gen, variables = small
+  n = 8
+  rng = np.random.default_rng(1)
+  z = rng.standard_normal((n, model.z_dim)).astype(np.float32)
+  sent = rng.standard_normal((n, model.embedding_dim)).astype(np.float32)
+  words = rng.standard_normal((n, T, model.embedding_dim)).astype(np.float32)
+  mask = np.arange(T)[None, :] >= rng.integers(1, T + 1, n)[:, None]
+  noise = rng.standard_normal((n, model.condition_dim)).astype(np.float32)
+  def step(v, *args):
+    return gen.apply(v, *args[:4], ca_noise=args[4], train=True, mutable=["batch_stats"])
+
+  one = jit(step)(variables, z, sent, words, mask, noise)
+  mesh = create_mesh()
+  assert mesh.devices.size == 8
+  rep, batch = replicated(mesh), batch_sharding(mesh)
+  sharded = jit(step, in_shardings=(rep, batch, batch, batch, batch, batch))(variables, z, sent, words, mask, noise)
+  for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(sharded)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # reduction order only
