@@ -17,38 +17,21 @@ transformers = pytest.importorskip("transformers", reason="parity tests compare 
 
 import jax  # noqa: E402
 
-from diffusion_fixtures import FAST_COMPILE, randomize_norms  # noqa: E402
+from clip_fixtures import write_tiny_clip  # noqa: E402
+from diffusion_fixtures import FAST_COMPILE, tiny_clip_bpe  # noqa: E402
 from diffusion_jax.clip_score import preprocess_images  # noqa: E402
 from diffusion_jax.models.clip_model import CLIPModel, clip_config, load_clip  # noqa: E402
 from t2i_common.weights import WeightMismatchError  # noqa: E402
 
 TOL = 1e-4
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-VOCAB, BOS, EOS = 300, 298, 299
-
-
-def tiny_clip_config(**text_overrides):
-  text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-              max_position_embeddings=77, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=EOS)
-  text.update(text_overrides)
-  vision = dict(hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                patch_size=8, hidden_act="gelu")
-  return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24,
-                                 logit_scale_init_value=2.3)
-
-
-def write_tiny_clip(folder, seed=0, **text_overrides) -> str:
-  """A random transformers CLIPModel folder (norm layers randomised so a dropped or swapped one shows)."""
-  torch.manual_seed(seed)
-  model = transformers.CLIPModel(tiny_clip_config(**text_overrides)).eval()
-  randomize_norms(model, seed=seed)
-  model.save_pretrained(str(folder))
-  return str(folder)
+VOCAB, _ = tiny_clip_bpe()
+BOS, EOS = VOCAB["<|startoftext|>"], VOCAB["<|endoftext|>"]
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-  return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+  return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", tokenizer=False)
 
 
 def _rel_err(ours, ref) -> float:
@@ -61,7 +44,7 @@ def _inputs(rng, batch=3, length=12):
   ids = np.full((batch, length), EOS, np.int32)
   mask = np.zeros((batch, length), np.int32)
   for i, n in enumerate([5, 9, 12][:batch]):  # different prompt lengths, padded after the end token
-    ids[i, 0], ids[i, 1:n - 1], ids[i, n - 1] = BOS, rng.integers(0, VOCAB - 2, n - 2), EOS
+    ids[i, 0], ids[i, 1:n - 1], ids[i, n - 1] = BOS, rng.integers(0, BOS, n - 2), EOS
     mask[i, :n] = 1
   pixels = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
   return ids, mask, pixels
@@ -95,7 +78,7 @@ def test_clip_model_matches_transformers(tiny_clip):
 
 def test_legacy_eos_config_pools_at_argmax(tmp_path):
   """Hub CLIP configs still say eos_token_id=2: transformers then pools at argmax(ids), and so do we."""
-  folder = write_tiny_clip(tmp_path / "legacy", seed=1, eos_token_id=2)
+  folder = write_tiny_clip(tmp_path / "legacy", seed=1, tokenizer=False, eos_token_id=2)
   ref = transformers.CLIPModel.from_pretrained(folder).eval()
   model, variables = load_clip(folder)
   assert model.config.text.eos_token_id == 2
