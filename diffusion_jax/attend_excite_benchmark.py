@@ -49,7 +49,7 @@ SampleFn = Callable[[list[str], Optional[list[list[int]]], list[int]], np.ndarra
 # prompt -> {token position: token}, as the pipeline's get_indices.
 GetIndicesFn = Callable[[str], dict]
 # Settings that change the images: a resumed run must use the same ones.
-_IMAGE_SETTINGS = ("attend_and_excite", "num_inference_steps", "guidance_scale", "dtype", "scheduler")
+_IMAGE_SETTINGS = ("pretrained", "attend_and_excite", "num_inference_steps", "guidance_scale", "dtype", "scheduler")
 
 
 def subset_prompts(subset: str, max_prompts: Optional[int] = None) -> list[tuple[str, str]]:

@@ -154,3 +154,21 @@ def test_preprocessing_of_float_images_and_defaults():
   assert float(np.abs(np.transpose(ours, (0, 3, 1, 2)) - ref).max()) <= 1e-5
   with pytest.raises(ValueError, match="NaN"):
     preprocess_images([np.full((8, 8, 3), np.nan, np.float32)])
+
+
+def test_vit_b16_names_and_shapes_load_strictly():
+  """The paper's CLIP ViT-B/16 (transformers' sizes for openai/clip-vit-base-patch16): every tensor of its state
+  dict finds its parameter with the right shape (built on the meta device; zero-copy stand-in arrays)."""
+  from diffusion_jax.models.clip_model import CLIPConfig, CLIPModel as FlaxCLIP, clip_from_state_dict
+  ref_cfg = transformers.CLIPConfig(vision_config=dict(patch_size=16), projection_dim=512)
+  with torch.device("meta"):
+    ref = transformers.CLIPModel(ref_cfg)
+  state = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in ref.state_dict().items()}
+  raw = json.loads(ref_cfg.to_json_string())
+  module = FlaxCLIP(CLIPConfig.from_transformers(raw))
+  assert (module.config.vision.image_size, module.config.vision.patch_size, module.config.vision.hidden_size,
+          module.config.text.hidden_size, module.config.projection_dim) == (224, 16, 768, 512, 512)
+  params = clip_from_state_dict(state, module, "ViT-B/16 (meta)")["params"]
+  n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
+  assert n == sum(int(np.prod(v.shape)) for v in state.values())
+  print(f"ViT-B/16: {len(state)} tensors, {n / 1e6:.1f} M parameters mapped")

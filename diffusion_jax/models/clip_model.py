@@ -118,8 +118,9 @@ def clip_config(folder: str) -> CLIPConfig:
   path = folder if folder.endswith(".json") else os.path.join(folder, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path!r} does not exist; expected a transformers CLIPModel folder (config.json + "
-                            "model.safetensors, as CLIPModel.save_pretrained writes, e.g. openai/clip-vit-base-patch16).")
-  return CLIPConfig.from_transformers(read_json(folder), source=os.path.join(folder, "config.json"))
+                            "model.safetensors, as CLIPModel.save_pretrained writes them, e.g. "
+                            "openai/clip-vit-base-patch16).")
+  return CLIPConfig.from_transformers(read_json(path), source=path)
 
 
 def abstract_clip_variables(module: CLIPModel) -> dict:
