@@ -16,6 +16,7 @@ Output, in the official repo's layout so its metric scripts read it too:
     OUT/metrics_<subset>.json        per subset: mean full-prompt and minimum-object CLIP similarity, image
                                      and prompt counts; per prompt: token indices and every image's scores
     OUT/metrics_<subset>.md          the same per-subset figures as a Markdown table
+    OUT/grid_<name>.png              per subset, a look at the first 8 prompts x 4 seeds with their scores
 
 Resumable: what is to do is decided from the files on disk. Every PNG is written to a temporary name and renamed
 when complete, so a killed run leaves no partial image under a final name; a rerun (or a run of a larger
@@ -205,6 +206,32 @@ def markdown_table(metrics: dict, method: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def save_preview_grids(out: str, metrics: dict, num_prompts: int = 8, num_seeds: int = 4,
+                       thumb: int = 192) -> list[str]:
+  """OUT/grid_<subset>.png: the first prompts x seeds of each scored subset, captioned with each image's
+  full-prompt / minimum-object similarity; images shrunk to `thumb` px."""
+  from PIL import Image
+
+  from t2i_common.logging import CAPTIONED_MIN_SIDE, save_image_grid
+  paths = []
+  for name in metrics["subsets"]:
+    prompts = [p for p, e in metrics["prompts"].items() if e["subset"] == name][:num_prompts]
+    images, captions = [], []
+    for prompt in prompts:
+      entry = metrics["prompts"][prompt]
+      for k, seed in enumerate(entry["seeds"][:num_seeds]):
+        with Image.open(image_path(out, prompt, seed)) as im:
+          im = im.convert("RGB")
+          im.thumbnail((thumb, thumb))
+          images.append(np.asarray(im))
+        captions.append(f"{prompt} #{seed} full {entry['full_prompt'][k]:.3f} "
+                        f"min {entry['min_object'][k]:.3f}")
+    path = os.path.join(out, f"grid_{name}.png")
+    save_image_grid(images, path, captions, ncols=min(num_seeds, len(images)), min_side=CAPTIONED_MIN_SIDE)
+    paths.append(path)
+  return paths
+
+
 def run_benchmark(out: str, scorer: Optional[ClipScorer], *, pipe: Any = None, subset: str = "all",
                   num_seeds: int = 64, attend_and_excite: bool = True, num_inference_steps: int = 50,
                   guidance_scale: float = 7.5, batch_size: int = 8, max_prompts: Optional[int] = None,
@@ -248,6 +275,7 @@ def run_benchmark(out: str, scorer: Optional[ClipScorer], *, pipe: Any = None, s
   method = "Attend-and-Excite" if attend_and_excite else "plain sampling"
   _save_json(os.path.join(out, f"metrics_{subset}.json"), metrics)
   _save_text(os.path.join(out, f"metrics_{subset}.md"), markdown_table(metrics, method))
+  save_preview_grids(out, metrics)
   return metrics
 
 

@@ -226,6 +226,8 @@ def test_benchmark_on_tiny_models(tiny_sd1, tiny_clip, tmp_path, fast_compile):
   table = open(os.path.join(out, "metrics_all.md")).read()
   assert "| Animal-Animal | 1 | 2 |" in table and "minimum-object similarity" in table
   assert saved["generation"]["images_computed"] == 6
+  for name in PROMPTS:
+    assert os.path.getsize(os.path.join(out, f"grid_{name}.png")) > 0
 
   plain = str(tmp_path / "plain")
   cli = bench.main(["--pretrained", tiny_sd1, "--clip", tiny_clip, "--subset", "objects", "--seeds", "3",
