@@ -10,6 +10,9 @@ Outputs a dict:
                                 without the final norm, so hidden_states[-2] is transformers' penultimate one.
 `clip_skip=k` stops k layers early and applies final_layer_norm there (diffusers' clip_skip); pooler_output is
 then pooled from that output.
+
+The encoder layers are shared with the CLIP image tower (models/clip_vision.py), which runs them with
+`causal=False`; CLIP's two-tower model with its projections is models/clip_model.py.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ ACTIVATIONS = {
 
 class CLIPAttention(nn.Module):
   heads: int
+  causal: bool = True  # the text tower's causal mask; the image tower attends to every patch
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -43,7 +47,7 @@ class CLIPAttention(nn.Module):
     d = x.shape[-1]
     dense = lambda name: nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     q, k, v = dense("q_proj")(x), dense("k_proj")(x), dense("v_proj")(x)
-    return dense("out_proj")(dot_attention(q, k, v, self.heads, is_causal=True, mask=mask))
+    return dense("out_proj")(dot_attention(q, k, v, self.heads, is_causal=self.causal, mask=mask))
 
 
 class CLIPMLP(nn.Module):
@@ -60,7 +64,9 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
+  """Pre-norm transformer layer. config: a TextConfig or clip_vision.VisionConfig (the fields both have)."""
   config: TextConfig
+  causal: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -68,7 +74,7 @@ class CLIPEncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x + CLIPAttention(cfg.num_attention_heads, name="self_attn", **kw)(
+    x = x + CLIPAttention(cfg.num_attention_heads, self.causal, name="self_attn", **kw)(
         LayerNorm(cfg.layer_norm_eps, name="layer_norm1", **kw)(x), mask)
     return x + CLIPMLP(cfg.intermediate_size, cfg.hidden_act, name="mlp", **kw)(
         LayerNorm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x))
@@ -91,6 +97,7 @@ class CLIPTextEmbeddings(nn.Module):
 class CLIPEncoder(nn.Module):
   config: TextConfig
   num_layers: int
+  causal: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -98,7 +105,7 @@ class CLIPEncoder(nn.Module):
   def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> list[jax.Array]:
     states = [x]
     for i in range(self.num_layers):
-      x = CLIPEncoderLayer(self.config, self.dtype, self.param_dtype, name=f"layers_{i}")(x, mask)
+      x = CLIPEncoderLayer(self.config, self.causal, self.dtype, self.param_dtype, name=f"layers_{i}")(x, mask)
       states.append(x)
     return states
 
