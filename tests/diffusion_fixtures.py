@@ -1,7 +1,8 @@
 """Tiny diffusers-format Stable Diffusion folders for tests (PyTorch side built with random weights).
 
 `write_tiny_sd(tmpdir, variant)` writes a complete pipeline folder with `StableDiffusionPipeline.save_pretrained`:
-model_index.json, unet/, vae/, text_encoder/, tokenizer/ (vocab.json, merges.txt), scheduler/. Variants:
+model_index.json, unet/, vae/, text_encoder/, tokenizer/ (in the layout the
+installed transformers writes: tokenizer.json with transformers 5), scheduler/. Variants:
 
 - "sd1": SD-1.x style: `attention_head_dim` an int (diffusers reads it as the number of heads), conv
   proj_in/proj_out, layers_per_block 2, quick_gelu text encoder, PNDM (skip_prk_steps), epsilon prediction,
@@ -16,7 +17,6 @@ Needs torch, diffusers and transformers: callers should `pytest.importorskip` th
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 
@@ -41,17 +41,30 @@ def tiny_clip_bpe(words: list[str] = _WORDS, max_merges: int = 420) -> tuple[dic
   return learn_clip_bpe(Counter(words), max_merges)
 
 
-def write_tiny_tokenizer(folder: str, pad_token: str = "<|endoftext|>") -> str:
-  """Writes vocab.json + merges.txt and the transformers tokenizer files of a tiny CLIPTokenizer."""
-  from transformers import CLIPTokenizer
-  os.makedirs(folder, exist_ok=True)
+def write_tiny_tokenizer(folder: str, pad_token: str = "<|endoftext|>", layout: str = "saved") -> str:
+  """Writes a tiny CLIP tokenizer folder and returns it.
+
+  layout "saved": transformers' own CLIPTokenizer(vocab, merges).save_pretrained (transformers 5 writes
+  tokenizer.json + tokenizer_config.json), so a format change of a new release shows up here; "vocab": the Hub's
+  SD 1.x/2.x layout (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json), which
+  save_pretrained no longer writes.
+  """
   vocab, merges = tiny_clip_bpe()
-  vocab_file, merges_file = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
-  with open(vocab_file, "w", encoding="utf-8") as f:
-    json.dump(vocab, f, ensure_ascii=False)
-  with open(merges_file, "w", encoding="utf-8") as f:
-    f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-  tok = CLIPTokenizer.from_pretrained(folder, pad_token=pad_token, model_max_length=77)
+  return write_tokenizer_folder(folder, vocab, merges, pad_token=pad_token, layout=layout)
+
+
+def write_tokenizer_folder(folder: str, vocab: dict[str, int], merges: list[str], *, pad_token: str,
+                           layout: str = "saved") -> str:
+  """A CLIP tokenizer folder of `layout` ("saved" or "vocab", see write_tiny_tokenizer) for vocab and merges."""
+  if layout == "vocab":
+    from diffusion_jax.clip_vocab import write_clip_tokenizer
+    write_clip_tokenizer(folder, vocab, merges, pad_token=pad_token)
+    return folder
+  if layout != "saved":
+    raise ValueError(f"layout {layout!r}: use 'saved' or 'vocab'.")
+  from transformers import CLIPTokenizer
+  tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], pad_token=pad_token,
+                      model_max_length=77)
   tok.save_pretrained(folder)
   return folder
 
@@ -139,16 +152,14 @@ def write_tiny_sd(tmpdir, variant: str = "sd1", seed: int = 0) -> str:
   cfg = tiny_configs(variant)
   folder = os.path.join(str(tmpdir), f"tiny-{variant}")
   unet, vae, text = build_tiny_models(variant, seed)
-  tok_dir = write_tiny_tokenizer(os.path.join(folder, "tokenizer"), pad_token=cfg["pad_token"])
-  tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+  vocab, merges = tiny_clip_bpe()
+  tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], pad_token=cfg["pad_token"],
+                            model_max_length=77)
   sched_cls, sched_kwargs = cfg["scheduler"]
   scheduler = getattr(diffusers, sched_cls)(**sched_kwargs)
   pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-  pipe.save_pretrained(folder)
-  for name in ("vocab.json", "merges.txt"):  # real SD folders ship these; keep them whatever save_pretrained does
-    if not os.path.exists(os.path.join(folder, "tokenizer", name)):
-      write_tiny_tokenizer(os.path.join(folder, "tokenizer"), pad_token=cfg["pad_token"])
+  pipe.save_pretrained(folder)  # whatever layout the installed diffusers/transformers write: users' folders
   return folder
 
 
