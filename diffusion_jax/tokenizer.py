@@ -17,6 +17,7 @@ dropped text. Padding uses the folder's pad token: <|endoftext|> in SD 1.x, "!" 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import warnings
@@ -125,6 +126,17 @@ class CLIPTokenizer:
     raise CLIPTokenizerFormatError(
         f"{folder!r} is not a CLIP tokenizer folder: expected vocab.json + merges.txt (the Hub's SD folders) or "
         f"tokenizer.json (transformers' save_pretrained); found {present or 'nothing'}.")
+
+  @classmethod
+  def from_bpe_file(cls, path: str, **settings) -> "CLIPTokenizer":
+    """CLIP's tokenizer from OpenAI's `bpe_simple_vocab_16e6.txt.gz` (shipped by open_clip_torch): the first
+    48,894 merges after the header line; the vocabulary is the 256 byte symbols, the same with "</w>", one entry
+    per merge, then <|startoftext|> and <|endoftext|> (49,408 tokens, SD 1.x's and 2.x's)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+      merges = f.read().split("\n")[1:49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
+    return cls({t: i for i, t in enumerate(tokens)}, merges, source=path, **settings)
 
   def save(self, folder: str) -> None:
     """Writes vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json: the Hub's layout, which

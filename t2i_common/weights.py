@@ -41,14 +41,17 @@ class WeightMismatchError(ValueError):
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a .safetensors, .bin, .pt or .pth file into {name: float numpy array}."""
+  """Reads a .safetensors file, or a PyTorch pickle (.bin, .ckpt, .pt, .pth) without running pickled code, into
+  {name: float numpy array}; a training checkpoint's "state_dict" entry is taken. Damaged files and files that
+  hold something else than a state dict raise ValueError naming the file and what was expected."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weight file {path!r} does not exist.")
   if path.endswith(".safetensors"):
+    _check_safetensors(path)
     from safetensors.numpy import load_file
     try:
       return dict(load_file(path))
-    except Exception:  # bf16 tensors cannot be read by the numpy backend; go through torch.
+    except (TypeError, ValueError):  # bf16 tensors cannot be read by the numpy backend; go through torch.
       from safetensors.torch import load_file as load_torch
       return {k: _torch_to_numpy(v) for k, v in load_torch(path).items()}
   try:
@@ -56,12 +59,48 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ImportError(f"reading {path!r} needs PyTorch (a pickled checkpoint); install the 'parity' extra "
                       "or convert the file to .safetensors.") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    # weights_only: tensors, containers and numbers only; any other pickled object is refused, never built.
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # noqa: BLE001 (torch raises UnpicklingError, RuntimeError or others by format)
+    kind = "objects that are not tensors" if "weights_only" in str(e) or "Unsupported global" in str(e) else None
+    what = (f"holds {kind} (refused: loading them would run code from the file)" if kind
+            else f"is not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    raise ValueError(f"{path} {what}; expected a state dict of tensors (e.g. written by torch.save(model."
+                     "state_dict())), or a .safetensors file.") from None
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
-    raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict of tensors.")
-  return {k: _torch_to_numpy(v) for k, v in obj.items() if hasattr(v, "detach")}
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict; expected a mapping of names to "
+                     "tensors (torch.save(model.state_dict())).")
+  tensors = {k: _torch_to_numpy(v) for k, v in obj.items() if hasattr(v, "detach")}
+  if not tensors:
+    raise ValueError(f"{path} holds a mapping without tensors (keys: {sorted(map(str, obj))[:8]}); expected a "
+                     "state dict of tensors.")
+  return tensors
+
+
+def _check_safetensors(path: str) -> None:
+  """Raises ValueError naming the file if its header is unreadable or its data shorter than the header says
+  (a truncated download), before safetensors' own less specific error."""
+  import json
+  size = os.path.getsize(path)
+  expected = "a .safetensors file (8-byte header length, JSON header, tensor data)"
+  with open(path, "rb") as f:
+    head = f.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if n < 2 or n > size - 8:
+      raise ValueError(f"{path} is not {expected}: it has {size} bytes and a header length of {n}; the file is "
+                       "truncated or of another format.")
+    try:
+      header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path} is not {expected}: its header is not valid JSON ({e}).") from None
+  end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+             and "data_offsets" in v] or [0])
+  if 8 + n + end > size:
+    raise ValueError(f"{path} is truncated: its header describes {8 + n + end} bytes, the file has {size}. "
+                     "Download or copy it again.")
 
 
 def _torch_to_numpy(t) -> np.ndarray:
