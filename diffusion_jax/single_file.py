@@ -349,6 +349,8 @@ def from_single_file(path: str, config: Union[str, Preset] = "sd1", dtype: Any =
   """
   from diffusion_jax.pipeline import Pipeline, _default_model_index, resolve_dtype
 
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"checkpoint {path!r} does not exist.")
   unet_cfg, vae_cfg, text_cfg, sched_cfg, tok_folder, pad = _architecture(config)
   dtype = resolve_dtype(dtype)
   param_dtype = resolve_dtype(param_dtype) if param_dtype is not None else dtype
@@ -363,13 +365,7 @@ def from_single_file(path: str, config: Union[str, Preset] = "sd1", dtype: Any =
   if not isinstance(scheduler, Scheduler):
     scheduler = load_scheduler(sched_cfg, name=scheduler)
   log.info("reading %s", path)
-  params = convert_checkpoint(read_checkpoint(path), unet, vae, text_encoder, path, use_ema=use_ema)
+  params = convert_checkpoint(read_state_dict(path), unet, vae, text_encoder, path, use_ema=use_ema)
   return Pipeline(tokenizer=tok, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler, params=params,
                   dtype=dtype, model_index=_default_model_index(), source=os.path.abspath(path), devices=devices)
 
-
-def read_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """{name: numpy array} of a single-file checkpoint; a training checkpoint's `state_dict` entry is taken."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"checkpoint {path!r} does not exist.")
-  return read_state_dict(path)

@@ -55,21 +55,21 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       from safetensors.torch import load_file as load_torch
       return {k: _torch_to_numpy(v) for k, v in load_torch(path).items()}
   try:
-    import torch
+    import torch  # noqa: F401
   except ImportError as e:
     raise ImportError(f"reading {path!r} needs PyTorch (a pickled checkpoint); install the 'parity' extra "
                       "or convert the file to .safetensors.") from e
+  from t2i_common.torch_pickle import Placeholder, load_torch_pickle
   try:
-    # weights_only: tensors, containers and numbers only; any other pickled object is refused, never built.
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001 (torch raises UnpicklingError, RuntimeError or others by format)
-    kind = "objects that are not tensors" if "weights_only" in str(e) or "Unsupported global" in str(e) else None
-    what = (f"holds {kind} (refused: loading them would run code from the file)" if kind
-            else f"is not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-    raise ValueError(f"{path} {what}; expected a state dict of tensors (e.g. written by torch.save(model."
-                     "state_dict())), or a .safetensors file.") from None
+    obj, skipped = load_torch_pickle(path)  # never runs code from the file
+  except Exception as e:  # noqa: BLE001 (torch raises UnpicklingError, RuntimeError, EOFError ... by format)
+    raise ValueError(f"{path} is not a PyTorch checkpoint that can be read ({_load_error_reason(e)}); expected "
+                     "a state dict of tensors saved with torch.save, or a .safetensors file.") from None
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
+  if isinstance(obj, Placeholder):
+    raise ValueError(f"{path} holds a pickled {obj.qualname} object, not a state dict; it was not loaded (that "
+                     "would run code from the file). Save model.state_dict() instead of the model.")
   if not isinstance(obj, Mapping):
     raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict; expected a mapping of names to "
                      "tensors (torch.save(model.state_dict())).")
@@ -77,7 +77,20 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if not tensors:
     raise ValueError(f"{path} holds a mapping without tensors (keys: {sorted(map(str, obj))[:8]}); expected a "
                      "state dict of tensors.")
+  if skipped:
+    import logging
+    logging.getLogger(__name__).warning("%s: skipped pickled objects that are not tensors (not loaded): %s",
+                                        path, ", ".join(skipped))
   return tensors
+
+
+def _load_error_reason(e: Exception) -> str:
+  """The informative part of torch.load's error (its weights-only errors open with general advice)."""
+  text = str(e)
+  if "WeightsUnpickler error:" in text:
+    text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+  text = " ".join(text.split())
+  return f"{type(e).__name__}: {text[:200]}"
 
 
 def _check_safetensors(path: str) -> None:
