@@ -310,9 +310,10 @@ def _openclip_text(state: dict, hidden: int, seed: int) -> dict:
     out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]])
   n = 1 + max(i for i, _ in layers)
   g = torch.Generator().manual_seed(seed)
+  device = out["token_embedding.weight"].device  # "meta" for shape-only modules
   for name in [k for k in out if k.startswith("transformer.resblocks.0.")]:
-    out[name.replace("resblocks.0.", f"resblocks.{n}.")] = torch.randn(out[name].shape, generator=g)
-  out["text_projection"] = torch.randn(hidden, hidden, generator=g)
+    out[name.replace("resblocks.0.", f"resblocks.{n}.")] = torch.randn(out[name].shape, generator=g).to(device)
+  out["text_projection"] = torch.randn(hidden, hidden, generator=g).to(device)
   out["logit_scale"] = torch.tensor(4.6052)
   return out
 
@@ -321,20 +322,26 @@ def to_original_layout(folder: str) -> dict:
   """{name: torch tensor} of a diffusers SD 1.x/2.x folder in the original single-file layout: SD 1.x-style
   (CLIP text encoder, gelu or quick_gelu) under cond_stage_model.transformer., SD 2.x-style ("!" padding, as
   the OpenCLIP-based releases) under cond_stage_model.model., plus LatentDiffusion's schedule buffers."""
-  import torch
   from diffusers import AutoencoderKL, UNet2DConditionModel
   from transformers import CLIPTextModel
   unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"))
   vae = AutoencoderKL.from_pretrained(os.path.join(folder, "vae"))
   text = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"))
+  with open(os.path.join(folder, "tokenizer", "tokenizer_config.json")) as f:
+    openclip = json.load(f).get("pad_token") == "!"
+  return original_layout_state(unet, vae, text, openclip)
+
+
+def original_layout_state(unet, vae, text, openclip: bool) -> dict:
+  """The single-file state dict of diffusers/transformers modules (see to_original_layout); works on modules
+  built on torch's meta device too (names and shapes only)."""
+  import torch
   out = {"model.diffusion_model." + _unet_to_ldm(k, unet.config): v for k, v in unet.state_dict().items()}
   n = len(vae.config.block_out_channels)
   for k, v in vae.state_dict().items():
     name, value = _vae_to_ldm(k, v, n)
     out["first_stage_model." + name] = value
   text_state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.state_dict().items()}
-  with open(os.path.join(folder, "tokenizer", "tokenizer_config.json")) as f:
-    openclip = json.load(f).get("pad_token") == "!"
   if openclip:
     out.update({"cond_stage_model.model." + k: v
                 for k, v in _openclip_text(text_state, text.config.hidden_size, seed=7).items()})

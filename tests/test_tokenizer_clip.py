@@ -2,7 +2,6 @@
 the open_clip_torch wheel, which ships it, is installed), on folders of both layouts (vocab.json + merges.txt as on
 the Hub; tokenizer.json as transformers' save_pretrained writes), padding of SD 1.x/2.x, truncation, word
 positions, bad folders."""
-import gzip
 import importlib.util
 import json
 import os
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffusion_fixtures import tiny_clip_bpe, write_tiny_tokenizer, write_tokenizer_folder
-from diffusion_jax.tokenizer import BOS, EOS, CLIPTokenizer, CLIPTokenizerFormatError, bytes_to_unicode
+from diffusion_jax.tokenizer import BOS, EOS, CLIPTokenizer, CLIPTokenizerFormatError
 
 STRINGS = [
     "a photo of a cat", "A Cat and a FROG", "a red circle next to a blue square.", "", "   ", "zebra",
@@ -161,11 +160,8 @@ def real_vocab():
   path = os.path.join(os.path.dirname(spec.origin), "bpe_simple_vocab_16e6.txt.gz")
   if not os.path.isfile(path):
     pytest.skip(f"{path} is missing")
-  # OpenAI CLIP's construction: the merges are lines 1 .. 48894 after the header line.
-  merges = gzip.open(path).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-  symbols = list(bytes_to_unicode().values())
-  tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
-  return {t: i for i, t in enumerate(tokens)}, merges
+  tok = CLIPTokenizer.from_bpe_file(path)  # OpenAI CLIP's construction; checked against transformers below
+  return tok.vocab, [" ".join(m) for m in tok.merges]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
