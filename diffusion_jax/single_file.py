@@ -199,14 +199,15 @@ def ema_name(unet_key: str) -> str:
 
 def split_checkpoint(state: dict[str, np.ndarray], source: str, *, use_ema: bool = False,
                      text_layers: Optional[int] = None) -> dict[str, dict[str, np.ndarray]]:
-  """{"unet": ..., "vae": ..., "text_clip" or "text_openclip": ..., "unknown": ...} with prefixes removed.
+  """{"unet": ..., "vae": ..., "text_clip" or "text_openclip": ..., "unknown": ...} with prefixes removed, and
+  "missing_ema": {EMA name: ""} of UNet tensors without their EMA copy (with use_ema).
 
   use_ema: take the UNet from model_ema.* (raises if the file has none). text_layers: the text encoder's depth;
   an OpenCLIP tower with exactly one more residual block loses its last one (SD 2.x's penultimate layer).
   """
   ignore = [re.compile(p) for p in _DROPPED]
-  parts: dict[str, dict[str, np.ndarray]] = {"unet": {}, "vae": {}, "text_clip": {}, "text_openclip": {},
-                                             "unknown": {}}
+  parts: dict[str, dict] = {"unet": {}, "vae": {}, "text_clip": {}, "text_openclip": {}, "unknown": {},
+                            "missing_ema": {}}
   ema = {k: v for k, v in state.items() if k.startswith(EMA_PREFIX) and k not in SCHEDULE_BUFFERS}
   for name, value in state.items():
     if name in SCHEDULE_BUFFERS or name in ema or any(r.search(name) for r in ignore):
@@ -229,7 +230,7 @@ def split_checkpoint(state: dict[str, np.ndarray], source: str, *, use_ema: bool
       if key in ema:
         unet[name] = ema.pop(key)
       else:
-        parts["unknown"][f"{key} (the EMA copy of {UNET_PREFIX}{name}) is missing"] = parts["unet"][name]
+        parts["missing_ema"][f"{key} (the EMA copy of {UNET_PREFIX}{name})"] = ""
     parts["unet"] = unet
     parts["unknown"].update(ema)  # EMA tensors with no model.diffusion_model.* counterpart
   elif ema:
@@ -268,6 +269,9 @@ def convert_checkpoint(state: dict[str, np.ndarray], unet: UNet2DConditionModel,
                        use_ema: bool = False) -> dict[str, dict]:
   """{"unet", "vae", "text_encoder"} variables of a single-file state dict, or WeightMismatchError listing every
   missing, unexpected and mis-shaped tensor of the three models."""
+  if any(k.startswith("conditioner.embedders.") for k in state):
+    raise SingleFileError(f"{source} is an SDXL-style checkpoint (conditioner.embedders.*); only Stable Diffusion "
+                          "1.x/2.x single files are supported.")
   parts = split_checkpoint(state, source, use_ema=use_ema, text_layers=text_encoder.config.num_hidden_layers)
   if not parts["unet"] and not parts["vae"]:
     raise SingleFileError(
@@ -276,9 +280,11 @@ def convert_checkpoint(state: dict[str, np.ndarray], unet: UNet2DConditionModel,
         "diffusion_jax.from_pretrained.")
   if parts["text_clip"] and parts["text_openclip"]:
     raise SingleFileError(f"{source} holds both {CLIP_PREFIX}* and {OPENCLIP_PREFIX}* text encoders.")
-  results = {
-      "unet": _convert(parts["unet"], unet, lambda n: unet_name(n, unet.config), UNET_PREFIX),
-      "vae": _convert(parts["vae"], vae, lambda n: vae_name(n, vae.config), VAE_PREFIX)}
+  results = {"vae": _convert(parts["vae"], vae, lambda n: vae_name(n, vae.config), VAE_PREFIX)}
+  if parts["missing_ema"]:  # an incomplete EMA copy: list its gaps rather than every UNet parameter
+    results["unet"] = ({}, sorted(parts["missing_ema"]), [], [])
+  else:
+    results["unet"] = _convert(parts["unet"], unet, lambda n: unet_name(n, unet.config), UNET_PREFIX)
   if parts["text_openclip"]:
     results["text_encoder"] = _convert(parts["text_openclip"], text_encoder,
                                        lambda n: openclip_name(n, text_encoder.config), OPENCLIP_PREFIX)
@@ -290,7 +296,7 @@ def convert_checkpoint(state: dict[str, np.ndarray], unet: UNet2DConditionModel,
   misshaped = [m for r in results.values() for m in r[3]]
   if missing or unexpected or misshaped:
     raise WeightMismatchError(source, missing, unexpected, misshaped)
-  return {k: r[0] for k, r in results.items()}
+  return {k: results[k][0] for k in ("unet", "vae", "text_encoder")}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -336,7 +342,20 @@ def _load_tokenizer(tokenizer: Union[None, str, CLIPTokenizer], folder: Optional
   return open_clip_tokenizer(pad)
 
 
-def from_single_file(path: str, config: Union[str, Preset] = "sd1", dtype: Any = jnp.float32,
+def _check_family(state: dict, config: Union[str, Preset], source: str) -> None:
+  """A clear message, instead of a list of every tensor, when a preset of the other SD generation is named."""
+  name = config.name if isinstance(config, Preset) else config
+  if name not in ("sd1", "sd2-base", "sd2-v"):
+    return
+  if name == "sd1" and any(k.startswith(OPENCLIP_PREFIX) for k in state):
+    raise SingleFileError(f"{source} has an OpenCLIP text encoder ({OPENCLIP_PREFIX}*): an SD 2.x checkpoint; use "
+                          "config='sd2-base' (512 px, epsilon) or config='sd2-v' (768 px, v-prediction).")
+  if name != "sd1" and any(k.startswith(CLIP_PREFIX) for k in state):
+    raise SingleFileError(f"{source} has a CLIP text encoder ({CLIP_PREFIX}*): an SD 1.x checkpoint; use "
+                          "config='sd1'.")
+
+
+def from_single_file(path: str, config: Union[str, Preset], dtype: Any = jnp.float32,
                      scheduler: Union[None, str, Scheduler] = None, *, tokenizer: Union[None, str, CLIPTokenizer] = None,
                      use_ema: bool = False, param_dtype: Any = None, devices: Optional[Sequence[Any]] = None):
   """Reads a single-file SD 1.x/2.x checkpoint (.safetensors, or .ckpt / .pt / .bin read without running
@@ -365,7 +384,9 @@ def from_single_file(path: str, config: Union[str, Preset] = "sd1", dtype: Any =
   if not isinstance(scheduler, Scheduler):
     scheduler = load_scheduler(sched_cfg, name=scheduler)
   log.info("reading %s", path)
-  params = convert_checkpoint(read_state_dict(path), unet, vae, text_encoder, path, use_ema=use_ema)
+  state = read_state_dict(path)
+  _check_family(state, config, path)
+  params = convert_checkpoint(state, unet, vae, text_encoder, path, use_ema=use_ema)
   return Pipeline(tokenizer=tok, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler, params=params,
                   dtype=dtype, model_index=_default_model_index(), source=os.path.abspath(path), devices=devices)
 

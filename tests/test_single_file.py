@@ -112,6 +112,15 @@ def test_full_ckpt_with_ema(files, tmp_path):
   _assert_same_params(diffusion_jax.from_single_file(path, config=folder, use_ema=False).with_scheduler("ddim"), raw)
 
 
+def test_ema_names_missing_are_listed(files, tmp_path):
+  folder, state, _ = files["sd1"]
+  partial = dict(state, **{ema_name(k): v.clone() for k, v in state.items() if k.startswith("model.diffusion_model.out.")})
+  path = write_single_file(str(tmp_path / "partial-ema.safetensors"), partial)
+  with pytest.raises(WeightMismatchError, match=r"model_ema.diffusion_modelinput_blocks00weight \(the EMA copy of "
+                     r"model.diffusion_model.input_blocks.0.0.weight\)"):
+    diffusion_jax.from_single_file(path, config=folder, use_ema=True)
+
+
 def test_ema_only_file_refuses_use_ema(files):
   folder, _, path = files["sd1"]
   with pytest.raises(SingleFileError, match="has no EMA weights .*use_ema=False"):
@@ -145,6 +154,10 @@ def test_presets_and_bad_configs(files, tmp_path):
   # A tiny file against the full-size SD 1.x architecture: every tensor is listed, nothing is loaded.
   with pytest.raises(WeightMismatchError, match="wrong shape"):
     diffusion_jax.from_single_file(path, config="sd1", tokenizer=tokenizer)
+  with pytest.raises(SingleFileError, match="an SD 1.x checkpoint; use config='sd1'"):
+    diffusion_jax.from_single_file(path, config="sd2-v", tokenizer=tokenizer)
+  with pytest.raises(SingleFileError, match="an SD 2.x checkpoint; use config='sd2-base'"):
+    diffusion_jax.from_single_file(files["sd2"][2], config="sd1", tokenizer=tokenizer)
   with pytest.raises(ValueError, match="unknown preset 'sd3'.*sd1 .*sd2-base .*sd2-v "):
     diffusion_jax.from_single_file(path, config="sd3")
   with pytest.raises(FileNotFoundError, match="lacks unet/, vae/"):
