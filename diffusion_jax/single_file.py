@@ -198,16 +198,16 @@ def ema_name(unet_key: str) -> str:
 
 
 def split_checkpoint(state: dict[str, np.ndarray], source: str, *, use_ema: bool = False,
-                     text_layers: Optional[int] = None) -> dict[str, dict[str, np.ndarray]]:
+                     text_layers: Optional[int] = None) -> dict[str, Any]:
   """{"unet": ..., "vae": ..., "text_clip" or "text_openclip": ..., "unknown": ...} with prefixes removed, and
-  "missing_ema": {EMA name: ""} of UNet tensors without their EMA copy (with use_ema).
+  "missing_ema": [the names of the EMA copies absent from the file] (with use_ema).
 
   use_ema: take the UNet from model_ema.* (raises if the file has none). text_layers: the text encoder's depth;
   an OpenCLIP tower with exactly one more residual block loses its last one (SD 2.x's penultimate layer).
   """
   ignore = [re.compile(p) for p in _DROPPED]
-  parts: dict[str, dict] = {"unet": {}, "vae": {}, "text_clip": {}, "text_openclip": {}, "unknown": {},
-                            "missing_ema": {}}
+  parts: dict[str, Any] = {"unet": {}, "vae": {}, "text_clip": {}, "text_openclip": {}, "unknown": {},
+                           "missing_ema": []}
   ema = {k: v for k, v in state.items() if k.startswith(EMA_PREFIX) and k not in SCHEDULE_BUFFERS}
   for name, value in state.items():
     if name in SCHEDULE_BUFFERS or name in ema or any(r.search(name) for r in ignore):
@@ -230,7 +230,7 @@ def split_checkpoint(state: dict[str, np.ndarray], source: str, *, use_ema: bool
       if key in ema:
         unet[name] = ema.pop(key)
       else:
-        parts["missing_ema"][f"{key} (the EMA copy of {UNET_PREFIX}{name})"] = ""
+        parts["missing_ema"].append(f"{key} (the EMA copy of {UNET_PREFIX}{name})")
     parts["unet"] = unet
     parts["unknown"].update(ema)  # EMA tensors with no model.diffusion_model.* counterpart
   elif ema:
