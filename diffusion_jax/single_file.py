@@ -356,7 +356,8 @@ def _check_family(state: dict, config: Union[str, Preset], source: str) -> None:
 
 
 def from_single_file(path: str, config: Union[str, Preset], dtype: Any = jnp.float32,
-                     scheduler: Union[None, str, Scheduler] = None, *, tokenizer: Union[None, str, CLIPTokenizer] = None,
+                     scheduler: Union[None, str, Scheduler] = None, *,
+                     tokenizer: Union[None, str, CLIPTokenizer] = None,
                      use_ema: bool = False, param_dtype: Any = None, devices: Optional[Sequence[Any]] = None):
   """Reads a single-file SD 1.x/2.x checkpoint (.safetensors, or .ckpt / .pt / .bin read without running
   pickled code) into a Pipeline (see the module docstring).

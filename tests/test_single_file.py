@@ -114,7 +114,8 @@ def test_full_ckpt_with_ema(files, tmp_path):
 
 def test_ema_names_missing_are_listed(files, tmp_path):
   folder, state, _ = files["sd1"]
-  partial = dict(state, **{ema_name(k): v.clone() for k, v in state.items() if k.startswith("model.diffusion_model.out.")})
+  out_layer = {ema_name(k): v.clone() for k, v in state.items() if k.startswith("model.diffusion_model.out.")}
+  partial = dict(state, **out_layer)  # an EMA copy of the output layer only
   path = write_single_file(str(tmp_path / "partial-ema.safetensors"), partial)
   with pytest.raises(WeightMismatchError, match=r"model_ema.diffusion_modelinput_blocks00weight \(the EMA copy of "
                      r"model.diffusion_model.input_blocks.0.0.weight\)"):

@@ -30,4 +30,5 @@ def test_convert_cli_output(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "diffusion_jax.convert", "--from-single-file", str(tmp_path / "no.ckpt"),
                         "--config", folder, "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True,
                        timeout=300)
-  assert bad.returncode == 1 and bad.stderr.strip().endswith(f"error: checkpoint '{tmp_path / 'no.ckpt'}' does not exist.")
+  assert bad.returncode == 1
+  assert bad.stderr.strip().endswith(f"error: checkpoint '{tmp_path / 'no.ckpt'}' does not exist.")
