@@ -5,6 +5,7 @@ positions, bad folders."""
 import importlib.util
 import json
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -174,3 +175,17 @@ def test_real_clip_vocab(real_vocab, layout, pad, tmp_path):
   assert tok("a photo of a cat").input_ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
   assert tok("a photo of a cat").input_ids[0, 7:].max() == (0 if pad == "!" else 49407)  # SD 2.x pads with id 0
   _compare_with_transformers(folder, STRINGS)
+
+
+def test_tokenizer_json_with_merges_as_strings(tmp_path):
+  """tokenizers < 0.20 (transformers 4's CLIPTokenizerFast) stored merges as "a b" strings, later ones as pairs."""
+  pytest.importorskip("transformers", reason="the folder is written with transformers' CLIPTokenizer")
+  folder = write_tiny_tokenizer(str(tmp_path / "pairs"), pad_token="!", layout="saved")
+  raw = json.loads(open(os.path.join(folder, "tokenizer.json"), encoding="utf-8").read())
+  assert all(isinstance(m, list) for m in raw["model"]["merges"])
+  raw["model"]["merges"] = [" ".join(m) for m in raw["model"]["merges"]]
+  os.makedirs(tmp_path / "strings")
+  shutil.copy(os.path.join(folder, "tokenizer_config.json"), tmp_path / "strings")
+  (tmp_path / "strings" / "tokenizer.json").write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+  a, b = CLIPTokenizer.from_folder(folder), CLIPTokenizer.from_folder(str(tmp_path / "strings"))
+  np.testing.assert_array_equal(a(STRINGS[:10]).input_ids, b(STRINGS[:10]).input_ids)
