@@ -15,6 +15,11 @@ Names map mechanically: torch `down_blocks.1.attentions.0.proj_in.weight` is Fla
 norm weights become `scale`, embeddings `embedding`. 1x1-conv projections (SD 1.x proj_in/proj_out, old VAE
 attention) load into our Dense layers; old VAE attention names (query/key/value/proj_attn) and the
 `text_model.` prefix of older CLIP checkpoints are accepted.
+
+Single-file checkpoints (the original CompVis / Stability layout, diffusion_jax/single_file.py) become a diffusers
+folder on the command line:
+
+    python -m diffusion_jax.convert --from-single-file v1-5-pruned-emaonly.safetensors --config sd1 --out sd15
 """
 from __future__ import annotations
 
@@ -299,3 +304,43 @@ def save_text_encoder(folder: str, module: CLIPTextTransformer, variables: Any, 
   """Writes a transformers CLIPTextModel folder (config.json + model.safetensors)."""
   return _save(folder, module.config.to_transformers(), text_encoder_state_dict(variables, module.config, dtype),
                "model.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line: single file -> diffusers folder.
+
+def build_parser():
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m diffusion_jax.convert",
+                              description="Converts a single-file Stable Diffusion checkpoint (original CompVis / "
+                              "Stability layout) into a diffusers folder that diffusers and diffusion_jax read.")
+  p.add_argument("--from-single-file", required=True, metavar="CKPT",
+                 help=".safetensors or .ckpt file (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*)")
+  p.add_argument("--config", required=True,
+                 help="a diffusers SD folder giving the architecture, scheduler and tokenizer, or a preset: "
+                      "sd1, sd2-base, sd2-v")
+  p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the config folder's; for a preset, "
+                 "open_clip_torch's CLIP vocabulary)")
+  p.add_argument("--use-ema", action="store_true", help="take the UNet's EMA weights (model_ema.*) of a full "
+                 "training checkpoint")
+  p.add_argument("--out", required=True, help="output folder")
+  return p
+
+
+def main(argv=None) -> str:
+  from diffusion_jax.single_file import from_single_file
+  from t2i_common.logging import setup_cli_logging
+  args = build_parser().parse_args(argv)
+  setup_cli_logging()
+  try:
+    pipe = from_single_file(args.from_single_file, config=args.config, tokenizer=args.tokenizer,
+                            use_ema=args.use_ema)
+  except (ValueError, FileNotFoundError) as e:  # bad file, config or weights: the message, not a traceback
+    raise SystemExit(f"error: {e}") from None
+  out = pipe.save_pretrained(args.out)
+  print(f"wrote {os.path.abspath(out)} (diffusers StableDiffusionPipeline layout)")
+  return out
+
+
+if __name__ == "__main__":
+  main()

@@ -279,6 +279,16 @@ class TextConfig:
     return out
 
 
+def check_text_conditioning(unet: UNetConfig, text: TextConfig, source: str) -> None:
+  """Raises if the text encoder's embeddings do not fit the UNet's cross-attention (a folder or checkpoint whose
+  parts come from different models)."""
+  if text.hidden_size != unet.cross_attention_dim:
+    raise UnsupportedConfigError(
+        f"{source}: the text encoder's hidden_size is {text.hidden_size} but the UNet's cross_attention_dim is "
+        f"{unet.cross_attention_dim} (unet/config.json); they must be equal: the UNet attends to the text "
+        "encoder's last hidden state. The text_encoder/ and unet/ come from different models.")
+
+
 def unet_config(folder: str) -> UNetConfig:
   """UNetConfig of a diffusers `unet/` folder (or its config.json)."""
   return UNetConfig.from_diffusers(read_json(folder), source=os.path.join(folder, "config.json"))
@@ -292,3 +302,54 @@ def vae_config(folder: str) -> VAEConfig:
 def text_config(folder: str) -> TextConfig:
   """TextConfig of a transformers `text_encoder/` folder (or its config.json)."""
   return TextConfig.from_transformers(read_json(folder), source=os.path.join(folder, "config.json"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Named architectures of the released Stable Diffusion checkpoints, for single files that come without a
+# diffusers config folder (the values of the Hub folders runwayml/stable-diffusion-v1-5,
+# stabilityai/stable-diffusion-2-base and stabilityai/stable-diffusion-2-1).
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """The architecture, scheduler and tokenizer padding of one released SD family."""
+  name: str
+  unet: UNetConfig
+  vae: VAEConfig
+  text: TextConfig
+  scheduler: dict
+  pad_token: str
+  description: str
+
+
+_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+             "num_train_timesteps": 1000, "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False,
+             "skip_prk_steps": True, "trained_betas": None}
+_SD2_UNET = dict(num_heads=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True,
+                 heads_as_int=False)
+_SD2_TEXT = TextConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                       hidden_act="gelu", projection_dim=512, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+
+PRESETS: dict[str, Preset] = {
+    "sd1": Preset(
+        "sd1", UNetConfig(), VAEConfig(),
+        TextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1),
+        dict(_SCHEDULE, _class_name="PNDMScheduler", prediction_type="epsilon"), "<|endoftext|>",
+        "SD 1.x (1.4, 1.5): CLIP ViT-L/14 text encoder, 512 px, epsilon prediction"),
+    "sd2-base": Preset(
+        "sd2-base", UNetConfig(**_SD2_UNET), VAEConfig(), _SD2_TEXT,
+        dict(_SCHEDULE, _class_name="PNDMScheduler", prediction_type="epsilon"), "!",
+        "SD 2.x base (2.0-base, 2.1-base): OpenCLIP ViT-H text encoder, 512 px, epsilon prediction"),
+    "sd2-v": Preset(
+        "sd2-v", UNetConfig(**_SD2_UNET, upcast_attention=True, sample_size=96), VAEConfig(sample_size=768),
+        _SD2_TEXT, dict(_SCHEDULE, _class_name="DDIMScheduler", prediction_type="v_prediction"), "!",
+        "SD 2.x 768-v (2.0, 2.1): OpenCLIP ViT-H text encoder, 768 px, v-prediction"),
+}
+
+
+def preset(name: str) -> Preset:
+  """The Preset called `name` (sd1, sd2-base, sd2-v)."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; choose one of: "
+                     + "; ".join(f"{p.name} ({p.description})" for p in PRESETS.values())
+                     + " (or give a diffusers config folder).")
+  return PRESETS[name]

@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion_jax import convert
+from diffusion_jax.model_configs import check_text_conditioning
 from diffusion_jax.schedulers import Scheduler, SchedulerState, load_scheduler
 from diffusion_jax.tokenizer import CLIPTokenizer
 
@@ -383,6 +384,7 @@ def from_pretrained(path: str, dtype: Any = jnp.float32, scheduler: Union[None, 
   text_encoder, text_vars = convert.load_text_encoder(os.path.join(path, "text_encoder"), dtype,
                                                       param_dtype=param_dtype)
   unet, unet_vars = convert.load_unet(os.path.join(path, "unet"), dtype, param_dtype=param_dtype)
+  check_text_conditioning(unet.config, text_encoder.config, path)
   vae_dtype = dtype
   vae, vae_vars = convert.load_vae(os.path.join(path, "vae"), dtype, param_dtype=param_dtype)
   if jnp.dtype(dtype) == jnp.float16 and getattr(vae.config, "force_upcast", False):

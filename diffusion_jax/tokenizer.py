@@ -4,15 +4,20 @@
     batch = tok(["a photo of a cat", "a dog"])       # ids/attention_mask int32 [2, 77], lengths [2]
     tok.word_token_positions("a cat and a frog")     # [("a", [1]), ("cat", [2]), ("and", [3]), ...]
 
-Settings are those of OpenAI CLIP (and transformers' CLIPTokenizer): NFC, whitespace runs -> one space,
-lowercase; CLIP's split regex; byte-level symbols; "</w>" marks the end of a word; <|startoftext|> ...
-<|endoftext|> around each text; sequences truncated to model_max_length (77) keeping the final <|endoftext|>,
-with a warning that quotes the dropped text. Padding uses the folder's pad token: <|endoftext|> in SD 1.x,
-"!" (id 0) in SD 2.x.
+A tokenizer folder comes in one of two layouts, both read here:
+- vocab.json + merges.txt (the Hub's SD 1.x/2.x folders, transformers < 5's save_pretrained);
+- tokenizer.json (the `tokenizers` serialisation; transformers >= 5's save_pretrained writes only this one and
+  tokenizer_config.json).
+Either way the BPE vocabulary and merges are taken from the files and the rest of the pipeline is CLIP's, as
+transformers' CLIPTokenizer builds it: NFC, whitespace runs -> one space, lowercase; CLIP's split regex;
+byte-level symbols; "</w>" marks the end of a word; <|startoftext|> ... <|endoftext|> around each text;
+sequences truncated to model_max_length (77) keeping the final <|endoftext|>, with a warning that quotes the
+dropped text. Padding uses the folder's pad token: <|endoftext|> in SD 1.x, "!" (id 0) in SD 2.x.
 """
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import warnings
@@ -34,24 +39,36 @@ class TokenizedBatch:
   lengths: np.ndarray
 
 
-class CLIPTokenizer:
-  """CLIP BPE from vocab.json + merges.txt. Call it on a string or a list of strings."""
+class CLIPTokenizerFormatError(ValueError):
+  """A tokenizer folder or file that is not a CLIP BPE tokenizer of either layout."""
 
-  def __init__(self, vocab_file: str, merges_file: str, *, model_max_length: int = 77, pad_token: str = EOS,
-               bos_token: str = BOS, eos_token: str = EOS, unk_token: str = EOS):
-    for path in (vocab_file, merges_file):
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f"tokenizer file {path!r} does not exist (a CLIP tokenizer folder holds "
-                                "vocab.json and merges.txt).")
-    with open(vocab_file, encoding="utf-8") as f:
-      self.vocab: dict[str, int] = json.load(f)
-    with open(merges_file, encoding="utf-8") as f:
-      lines = [l.rstrip("\n") for l in f]
-    self.merges = [tuple(l.split(" ")) for l in lines if l and not l.startswith("#version")]
+
+class CLIPTokenizer:
+  """CLIP BPE from a vocabulary and merges. Call it on a string or a list of strings.
+
+  vocab: {token: id} or the path of a vocab.json; merges: [(a, b), ...] / ["a b", ...] or the path of a
+  merges.txt. Folders of either layout: `from_folder`.
+  """
+
+  def __init__(self, vocab: Union[str, dict], merges: Union[str, Sequence], *, model_max_length: int = 77,
+               pad_token: str = EOS, bos_token: str = BOS, eos_token: str = EOS, unk_token: str = EOS,
+               source: Optional[str] = None):
+    if isinstance(vocab, str):
+      source = source or vocab
+      vocab = _read_vocab_json(vocab)
+    if isinstance(merges, str):
+      merges = _read_merges_txt(merges)
+    self.source = source or "the vocabulary"
+    self.vocab: dict[str, int] = dict(vocab)
+    self.merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+    bad = [m for m in self.merges if len(m) != 2]
+    if bad:
+      raise CLIPTokenizerFormatError(f"{self.source}: merges must be pairs of symbols; got {bad[:3]}.")
     for name, tok in (("pad_token", pad_token), ("bos_token", bos_token), ("eos_token", eos_token),
                       ("unk_token", unk_token)):
       if tok not in self.vocab:
-        raise ValueError(f"{name} {tok!r} is not in {vocab_file}; check tokenizer_config.json.")
+        raise ValueError(f"{name} {tok!r} is not in the vocabulary of {self.source}; check tokenizer_config.json "
+                         "/ special_tokens_map.json.")
     self.model_max_length = model_max_length
     self.pad_token, self.bos_token, self.eos_token, self.unk_token = pad_token, bos_token, eos_token, unk_token
     self.pad_token_id, self.bos_token_id = self.vocab[pad_token], self.vocab[bos_token]
@@ -72,12 +89,17 @@ class CLIPTokenizer:
 
   @classmethod
   def from_folder(cls, folder: str, **overrides) -> "CLIPTokenizer":
-    """Reads vocab.json, merges.txt and the special tokens of tokenizer_config.json / special_tokens_map.json.
+    """Reads a tokenizer folder of either layout (vocab.json + merges.txt, or tokenizer.json; the former wins
+    when both are present, as they hold the same vocabulary) and the special tokens of tokenizer_config.json /
+    special_tokens_map.json.
 
     As in transformers, special_tokens_map.json overrides tokenizer_config.json unless the latter was written
     with an `added_tokens_decoder` (then it is the only source): SD 2.x folders say pad_token "<|endoftext|>"
     in tokenizer_config.json and "!" in special_tokens_map.json, and pad with "!".
     """
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"tokenizer folder {folder!r} does not exist (expected vocab.json + merges.txt or "
+                              "tokenizer.json, as in an SD folder's tokenizer/).")
     settings: dict = {}
     config = _read_json(os.path.join(folder, "tokenizer_config.json"))
     sources = [config]
@@ -93,10 +115,32 @@ class CLIPTokenizer:
     if settings.get("model_max_length", 77) > 10**6:  # transformers' "no limit" placeholder
       settings.pop("model_max_length")
     settings.update(overrides)
-    return cls(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), **settings)
+    vocab_file, merges_file = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+    json_file = os.path.join(folder, "tokenizer.json")
+    if os.path.isfile(vocab_file) and os.path.isfile(merges_file):
+      return cls(vocab_file, merges_file, source=folder, **settings)
+    if os.path.isfile(json_file):
+      vocab, merges = read_tokenizer_json(json_file)
+      return cls(vocab, merges, source=json_file, **settings)
+    present = sorted(os.listdir(folder))
+    raise CLIPTokenizerFormatError(
+        f"{folder!r} is not a CLIP tokenizer folder: expected vocab.json + merges.txt (the Hub's SD folders) or "
+        f"tokenizer.json (transformers' save_pretrained); found {present or 'nothing'}.")
+
+  @classmethod
+  def from_bpe_file(cls, path: str, **settings) -> "CLIPTokenizer":
+    """CLIP's tokenizer from OpenAI's `bpe_simple_vocab_16e6.txt.gz` (shipped by open_clip_torch): the first
+    48,894 merges after the header line; the vocabulary is the 256 byte symbols, the same with "</w>", one entry
+    per merge, then <|startoftext|> and <|endoftext|> (49,408 tokens, SD 1.x's and 2.x's)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+      merges = f.read().split("\n")[1:49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
+    return cls({t: i for i, t in enumerate(tokens)}, merges, source=path, **settings)
 
   def save(self, folder: str) -> None:
-    """Writes vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json (transformers reads them)."""
+    """Writes vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json: the Hub's layout, which
+    transformers 4 and 5 (hence diffusers) and `from_folder` read."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
       json.dump(self.vocab, f, ensure_ascii=False)
@@ -200,8 +244,49 @@ _PUNCT = ".,!?;:'\"()[]{}"
 def _read_json(path: str) -> dict:
   if not os.path.isfile(path):
     return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CLIPTokenizerFormatError(f"{path} is not valid JSON ({e}).") from None
+
+
+def _read_vocab_json(path: str) -> dict[str, int]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"tokenizer file {path!r} does not exist (a CLIP tokenizer folder holds "
+                            "vocab.json and merges.txt, or tokenizer.json).")
+  vocab = _read_json(path)
+  if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+    raise CLIPTokenizerFormatError(f"{path} must hold a JSON object {{token: id}}.")
+  return vocab
+
+
+def _read_merges_txt(path: str) -> list[str]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"tokenizer file {path!r} does not exist (a CLIP tokenizer folder holds "
+                            "vocab.json and merges.txt, or tokenizer.json).")
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    lines = [l.rstrip("\n") for l in f]
+  return [l for l in lines if l and not l.startswith("#version")]
+
+
+def read_tokenizer_json(path: str) -> tuple[dict[str, int], list]:
+  """(vocab, merges) of a `tokenizers` tokenizer.json holding a CLIP BPE (end-of-word suffix "</w>"); its added
+  tokens must be entries of the vocabulary (CLIP's specials, SD 2.x's "!"), not extra tokens."""
+  raw = _read_json(path)
+  model = raw.get("model") if isinstance(raw, dict) else None
+  expected = 'a BPE model with end_of_word_suffix "</w>" (CLIP\'s byte-level BPE, as transformers writes it)'
+  if not isinstance(model, dict) or model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+    kind = model.get("type") if isinstance(model, dict) else None
+    raise CLIPTokenizerFormatError(f"{path}: expected {expected}; found model type {kind!r}.")
+  vocab, merges = model.get("vocab"), model.get("merges")
+  if not isinstance(vocab, dict) or not isinstance(merges, list):
+    raise CLIPTokenizerFormatError(f"{path}: expected {expected} with a vocab object and a merges list.")
+  extra = [t["content"] for t in raw.get("added_tokens") or [] if vocab.get(t.get("content")) != t.get("id")]
+  if extra:
+    raise CLIPTokenizerFormatError(f"{path}: added tokens outside the BPE vocabulary are not supported "
+                                   f"(e.g. textual-inversion tokens): {extra[:5]}.")
+  return vocab, merges
 
 
 def bytes_to_unicode() -> dict[int, str]:

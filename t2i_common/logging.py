@@ -27,10 +27,12 @@ def _is_main_process() -> bool:
 
 def setup_cli_logging() -> None:
   """INFO logs with timestamps for the command-line entry points; absl at WARNING (orbax's per-save INFO lines
-  would drown the progress bar)."""
+  would drown the progress bar); JAX's backend discovery at WARNING (on a machine without a TPU it logs
+  "Unable to initialize backend 'tpu': ... Failed to open libtpu.so" at INFO, which reads like an error)."""
   import logging as std_logging  # this module's own name shadows it at module level
   std_logging.basicConfig(level=std_logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
 def write_eval_json(workdir: str, name: str, result: dict) -> dict:

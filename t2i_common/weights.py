@@ -41,27 +41,79 @@ class WeightMismatchError(ValueError):
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a .safetensors, .bin, .pt or .pth file into {name: float numpy array}."""
+  """Reads a .safetensors file, or a PyTorch pickle (.bin, .ckpt, .pt, .pth) without running pickled code, into
+  {name: float numpy array}; a training checkpoint's "state_dict" entry is taken. Damaged files and files that
+  hold something else than a state dict raise ValueError naming the file and what was expected."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weight file {path!r} does not exist.")
   if path.endswith(".safetensors"):
+    _check_safetensors(path)
     from safetensors.numpy import load_file
     try:
       return dict(load_file(path))
-    except Exception:  # bf16 tensors cannot be read by the numpy backend; go through torch.
+    except (TypeError, ValueError):  # bf16 tensors cannot be read by the numpy backend; go through torch.
       from safetensors.torch import load_file as load_torch
       return {k: _torch_to_numpy(v) for k, v in load_torch(path).items()}
   try:
-    import torch
+    import torch  # noqa: F401
   except ImportError as e:
     raise ImportError(f"reading {path!r} needs PyTorch (a pickled checkpoint); install the 'parity' extra "
                       "or convert the file to .safetensors.") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  from t2i_common.torch_pickle import Placeholder, load_torch_pickle
+  try:
+    obj, skipped = load_torch_pickle(path)  # never runs code from the file
+  except Exception as e:  # noqa: BLE001 (torch raises UnpicklingError, RuntimeError, EOFError ... by format)
+    raise ValueError(f"{path} is not a PyTorch checkpoint that can be read ({_load_error_reason(e)}); expected "
+                     "a state dict of tensors saved with torch.save, or a .safetensors file.") from None
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
+  if isinstance(obj, Placeholder):
+    raise ValueError(f"{path} holds a pickled {obj.qualname} object, not a state dict; it was not loaded (that "
+                     "would run code from the file). Save model.state_dict() instead of the model.")
   if not isinstance(obj, Mapping):
-    raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict of tensors.")
-  return {k: _torch_to_numpy(v) for k, v in obj.items() if hasattr(v, "detach")}
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict; expected a mapping of names to "
+                     "tensors (torch.save(model.state_dict())).")
+  tensors = {k: _torch_to_numpy(v) for k, v in obj.items() if hasattr(v, "detach")}
+  if not tensors:
+    raise ValueError(f"{path} holds a mapping without tensors (keys: {sorted(map(str, obj))[:8]}); expected a "
+                     "state dict of tensors.")
+  if skipped:
+    import logging
+    logging.getLogger(__name__).warning("%s: skipped pickled objects that are not tensors (not loaded): %s",
+                                        path, ", ".join(skipped))
+  return tensors
+
+
+def _load_error_reason(e: Exception) -> str:
+  """The informative part of torch.load's error (its weights-only errors open with general advice)."""
+  text = str(e)
+  if "WeightsUnpickler error:" in text:
+    text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+  text = " ".join(text.split())
+  return f"{type(e).__name__}: {text[:200]}"
+
+
+def _check_safetensors(path: str) -> None:
+  """Raises ValueError naming the file if its header is unreadable or its data shorter than the header says
+  (a truncated download), before safetensors' own less specific error."""
+  import json
+  size = os.path.getsize(path)
+  expected = "a .safetensors file (8-byte header length, JSON header, tensor data)"
+  with open(path, "rb") as f:
+    head = f.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if n < 2 or n > size - 8:
+      raise ValueError(f"{path} is not {expected}: it has {size} bytes and a header length of {n}; the file is "
+                       "truncated or of another format.")
+    try:
+      header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path} is not {expected}: its header is not valid JSON ({e}).") from None
+  end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+             and "data_offsets" in v] or [0])
+  if 8 + n + end > size:
+    raise ValueError(f"{path} is truncated: its header describes {8 + n + end} bytes, the file has {size}. "
+                     "Download or copy it again.")
 
 
 def _torch_to_numpy(t) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Tiny diffusers-format Stable Diffusion folders for tests (PyTorch side built with random weights).
 
 `write_tiny_sd(tmpdir, variant)` writes a complete pipeline folder with `StableDiffusionPipeline.save_pretrained`:
-model_index.json, unet/, vae/, text_encoder/, tokenizer/ (vocab.json, merges.txt), scheduler/. Variants:
+model_index.json, unet/, vae/, text_encoder/, tokenizer/ (in the layout the
+installed transformers writes: tokenizer.json with transformers 5), scheduler/. Variants:
 
 - "sd1": SD-1.x style: `attention_head_dim` an int (diffusers reads it as the number of heads), conv
   proj_in/proj_out, layers_per_block 2, quick_gelu text encoder, PNDM (skip_prk_steps), epsilon prediction,
@@ -41,17 +42,30 @@ def tiny_clip_bpe(words: list[str] = _WORDS, max_merges: int = 420) -> tuple[dic
   return learn_clip_bpe(Counter(words), max_merges)
 
 
-def write_tiny_tokenizer(folder: str, pad_token: str = "<|endoftext|>") -> str:
-  """Writes vocab.json + merges.txt and the transformers tokenizer files of a tiny CLIPTokenizer."""
-  from transformers import CLIPTokenizer
-  os.makedirs(folder, exist_ok=True)
+def write_tiny_tokenizer(folder: str, pad_token: str = "<|endoftext|>", layout: str = "saved") -> str:
+  """Writes a tiny CLIP tokenizer folder and returns it.
+
+  layout "saved": transformers' own CLIPTokenizer(vocab, merges).save_pretrained (transformers 5 writes
+  tokenizer.json + tokenizer_config.json), so a format change of a new release shows up here; "vocab": the Hub's
+  SD 1.x/2.x layout (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json), which
+  save_pretrained no longer writes.
+  """
   vocab, merges = tiny_clip_bpe()
-  vocab_file, merges_file = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
-  with open(vocab_file, "w", encoding="utf-8") as f:
-    json.dump(vocab, f, ensure_ascii=False)
-  with open(merges_file, "w", encoding="utf-8") as f:
-    f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-  tok = CLIPTokenizer.from_pretrained(folder, pad_token=pad_token, model_max_length=77)
+  return write_tokenizer_folder(folder, vocab, merges, pad_token=pad_token, layout=layout)
+
+
+def write_tokenizer_folder(folder: str, vocab: dict[str, int], merges: list[str], *, pad_token: str,
+                           layout: str = "saved") -> str:
+  """A CLIP tokenizer folder of `layout` ("saved" or "vocab", see write_tiny_tokenizer) for vocab and merges."""
+  if layout == "vocab":
+    from diffusion_jax.clip_vocab import write_clip_tokenizer
+    write_clip_tokenizer(folder, vocab, merges, pad_token=pad_token)
+    return folder
+  if layout != "saved":
+    raise ValueError(f"layout {layout!r}: use 'saved' or 'vocab'.")
+  from transformers import CLIPTokenizer
+  tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], pad_token=pad_token,
+                      model_max_length=77)
   tok.save_pretrained(folder)
   return folder
 
@@ -139,16 +153,14 @@ def write_tiny_sd(tmpdir, variant: str = "sd1", seed: int = 0) -> str:
   cfg = tiny_configs(variant)
   folder = os.path.join(str(tmpdir), f"tiny-{variant}")
   unet, vae, text = build_tiny_models(variant, seed)
-  tok_dir = write_tiny_tokenizer(os.path.join(folder, "tokenizer"), pad_token=cfg["pad_token"])
-  tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+  vocab, merges = tiny_clip_bpe()
+  tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], pad_token=cfg["pad_token"],
+                            model_max_length=77)
   sched_cls, sched_kwargs = cfg["scheduler"]
   scheduler = getattr(diffusers, sched_cls)(**sched_kwargs)
   pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-  pipe.save_pretrained(folder)
-  for name in ("vocab.json", "merges.txt"):  # real SD folders ship these; keep them whatever save_pretrained does
-    if not os.path.exists(os.path.join(folder, "tokenizer", name)):
-      write_tiny_tokenizer(os.path.join(folder, "tokenizer"), pad_token=cfg["pad_token"])
+  pipe.save_pretrained(folder)  # whatever layout the installed diffusers/transformers write: users' folders
   return folder
 
 
@@ -202,3 +214,151 @@ def random_variables(module, seed: int = 0) -> dict:
       z *= 0.1
     out[path] = z.astype(leaf.dtype)
   return {"params": traverse_util.unflatten_dict(out)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Single-file checkpoints in the original CompVis / Stability layout, converted from a diffusers pipeline by
+# the inverse of diffusers' own mapping (diffusers ships only the forward conversion in its package).
+
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_to_ldm(name: str, config) -> str:
+  lpb = config["layers_per_block"]
+  fixed = {"conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.",
+           "time_embedding.linear_2.": "time_embed.2.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+  for new, old in fixed.items():
+    if name.startswith(new):
+      return old + name[len(new):]
+  parts = name.split(".")
+
+  def resnet(rest):
+    return ".".join([_UNET_RESNET.get(rest[0], rest[0])] + rest[1:])
+
+  if parts[0] == "down_blocks":
+    b = int(parts[1])
+    if parts[2] == "downsamplers":
+      return f"input_blocks.{1 + b * (lpb + 1) + lpb}.0.op." + ".".join(parts[5:])
+    idx = 1 + b * (lpb + 1) + int(parts[3])
+    return f"input_blocks.{idx}.0.{resnet(parts[4:])}" if parts[2] == "resnets" else \
+        f"input_blocks.{idx}.1." + ".".join(parts[4:])
+  if parts[0] == "mid_block":
+    if parts[1] == "attentions":
+      return "middle_block.1." + ".".join(parts[3:])
+    return f"middle_block.{2 * int(parts[2])}.{resnet(parts[3:])}"
+  if parts[0] == "up_blocks":
+    b = int(parts[1])
+    has_attn = config["up_block_types"][b] == "CrossAttnUpBlock2D"
+    if parts[2] == "upsamplers":
+      return f"output_blocks.{b * (lpb + 1) + lpb}.{2 if has_attn else 1}." + ".".join(parts[4:])
+    idx = b * (lpb + 1) + int(parts[3])
+    return f"output_blocks.{idx}.0.{resnet(parts[4:])}" if parts[2] == "resnets" else \
+        f"output_blocks.{idx}.1." + ".".join(parts[4:])
+  raise KeyError(f"no original-layout name for UNet tensor {name}")
+
+
+def _vae_to_ldm(name: str, tensor, n_blocks: int):
+  side, rest = name.split(".", 1)
+  if rest.startswith("conv_norm_out."):
+    return f"{side}.norm_out.{rest[len('conv_norm_out.'):]}", tensor
+  if not rest.startswith(("mid_block", "down_blocks", "up_blocks")):
+    return name, tensor
+  parts = rest.split(".")
+  leaf = parts[-1]
+  if parts[0] == "mid_block":
+    if parts[1] == "attentions":
+      module = ".".join(parts[3:-1])
+      # ldm's attention uses 1x1 convolutions: [C, C] -> [C, C, 1, 1]
+      value = tensor[:, :, None, None] if tensor.ndim == 2 else tensor
+      return f"{side}.mid.attn_1.{_VAE_ATTN[module]}.{leaf}", value
+    inner = ".".join(parts[3:]).replace("conv_shortcut", "nin_shortcut")
+    return f"{side}.mid.block_{int(parts[2]) + 1}.{inner}", tensor
+  b = int(parts[1])
+  ldm_b, word = (b, "down") if side == "encoder" else (n_blocks - 1 - b, "up")
+  if parts[2] in ("downsamplers", "upsamplers"):
+    return f"{side}.{word}.{ldm_b}.{word}sample." + ".".join(parts[4:]), tensor
+  inner = ".".join(parts[4:]).replace("conv_shortcut", "nin_shortcut")
+  return f"{side}.{word}.{ldm_b}.block.{parts[3]}.{inner}", tensor
+
+
+def _openclip_text(state: dict, hidden: int, seed: int) -> dict:
+  """transformers CLIPTextModel tensors -> OpenCLIP's text tower (fused in_proj), plus what SD 2.x files carry
+  besides: text_projection, logit_scale and one more residual block (SD 2.x uses the penultimate layer)."""
+  import torch
+  out, layers = {}, {}
+  for name, t in state.items():
+    name = name.removeprefix("text_model.")
+    if name.endswith("position_ids"):
+      continue
+    simple = {"embeddings.token_embedding.weight": "token_embedding.weight",
+              "embeddings.position_embedding.weight": "positional_embedding",
+              "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+    if name in simple:
+      out[simple[name]] = t
+      continue
+    _, _, i, module, *rest = name.split(".")
+    sub = ".".join(rest)
+    if module == "self_attn" and sub.split(".")[0] in ("q_proj", "k_proj", "v_proj"):
+      layers.setdefault((int(i), sub.split(".")[1]), {})[sub[0]] = t
+      continue
+    ldm = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn": "attn", "mlp": "mlp"}[module]
+    sub = sub.replace("fc1", "c_fc").replace("fc2", "c_proj")
+    out[f"transformer.resblocks.{i}.{ldm}.{sub}"] = t
+  for (i, kind), qkv in layers.items():
+    out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]])
+  n = 1 + max(i for i, _ in layers)
+  g = torch.Generator().manual_seed(seed)
+  device = out["token_embedding.weight"].device  # "meta" for shape-only modules
+  for name in [k for k in out if k.startswith("transformer.resblocks.0.")]:
+    out[name.replace("resblocks.0.", f"resblocks.{n}.")] = torch.randn(out[name].shape, generator=g).to(device)
+  out["text_projection"] = torch.randn(hidden, hidden, generator=g).to(device)
+  out["logit_scale"] = torch.tensor(4.6052)
+  return out
+
+
+def to_original_layout(folder: str) -> dict:
+  """{name: torch tensor} of a diffusers SD 1.x/2.x folder in the original single-file layout: SD 1.x-style
+  (CLIP text encoder, gelu or quick_gelu) under cond_stage_model.transformer., SD 2.x-style ("!" padding, as
+  the OpenCLIP-based releases) under cond_stage_model.model., plus LatentDiffusion's schedule buffers."""
+  from diffusers import AutoencoderKL, UNet2DConditionModel
+  from transformers import CLIPTextModel
+  unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"))
+  vae = AutoencoderKL.from_pretrained(os.path.join(folder, "vae"))
+  text = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"))
+  with open(os.path.join(folder, "tokenizer", "tokenizer_config.json")) as f:
+    openclip = json.load(f).get("pad_token") == "!"
+  return original_layout_state(unet, vae, text, openclip)
+
+
+def original_layout_state(unet, vae, text, openclip: bool) -> dict:
+  """The single-file state dict of diffusers/transformers modules (see to_original_layout); works on modules
+  built on torch's meta device too (names and shapes only)."""
+  import torch
+  out = {"model.diffusion_model." + _unet_to_ldm(k, unet.config): v for k, v in unet.state_dict().items()}
+  n = len(vae.config.block_out_channels)
+  for k, v in vae.state_dict().items():
+    name, value = _vae_to_ldm(k, v, n)
+    out["first_stage_model." + name] = value
+  text_state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.state_dict().items()}
+  if openclip:
+    out.update({"cond_stage_model.model." + k: v
+                for k, v in _openclip_text(text_state, text.config.hidden_size, seed=7).items()})
+  else:
+    out.update({"cond_stage_model.transformer." + k: v for k, v in text_state.items()})
+  betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+  out.update(betas=betas, alphas_cumprod=torch.cumprod(1 - betas, 0))
+  return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def write_single_file(path: str, state: dict) -> str:
+  """Writes `state` as .safetensors (the release format) or, for .ckpt, as ldm's training checkpoint
+  {"state_dict": ..., "global_step": ...} with torch.save."""
+  import torch
+  if path.endswith(".safetensors"):
+    from safetensors.torch import save_file
+    save_file(state, path)
+  else:
+    torch.save({"state_dict": state, "global_step": 1234, "epoch": 3}, path)
+  return path
