@@ -218,7 +218,7 @@ def test_frechet_distance_bad_input():
 
 class MeanColour:
   """A stand-in extractor (mean colour and its square per image): exercises caching without an Inception."""
-  backend = "mean-colour (test)"
+  backend, output = "mean-colour (test)", "pool"
   calls = 0
 
   def __call__(self, images):
@@ -242,3 +242,25 @@ def test_real_statistics_cached_per_name_resolution_backend(tmp_path):
   assert "mean-colour (test), 5 images vs 6 real" in fid.summary(result)
   with pytest.raises(ValueError, match="only meaningful with one network"):
     fid.fid_from_statistics(dict(first, backend="another net"), first)
+
+
+def test_bad_input_messages(tmp_path):
+  with pytest.raises(SystemExit):  # neither --fake nor --save-stats
+    fid.main(["--real", str(tmp_path), "--weights", str(tmp_path)])
+  with pytest.raises(FileNotFoundError, match="not a converted Inception directory"):
+    InceptionExtractor.from_converted(str(tmp_path))
+  with pytest.raises(ValueError, match="multiple of the mesh size"):
+    InceptionExtractor(None, {}, backend="x", batch_size=3)
+  with pytest.raises(ValueError, match="unknown Inception output"):
+    InceptionExtractor(None, {}, "probs", backend="x", batch_size=8)
+  with pytest.raises(ValueError, match="no pictures"):
+    iter_image_folder(str(tmp_path))
+  write_folder(tmp_path / "mixed", colour_fields(1, 8, 0, 1.0))
+  Image.fromarray(colour_fields(1, 9, 0, 1.0)[0]).save(tmp_path / "mixed" / "z.png")
+  with pytest.raises(ValueError, match="must have one size"):
+    list(iter_image_folder(str(tmp_path / "mixed")))
+  with pytest.raises(ValueError, match=r"float images must be in \[0, 1\]"):
+    extract_features(np.full((2, 8, 8, 3), -1.0), InceptionExtractor(None, {}, backend="x", batch_size=8))
+  from t2i_common.metrics import inception_score
+  with pytest.raises(ValueError, match="needs an extractor of logits"):
+    inception_score.compute_inception_score(np.zeros((2, 8, 8, 3), np.uint8), MeanColour())
