@@ -45,7 +45,10 @@ def _inception_output(variables: Any, images: jax.Array, *, model: Any, output: 
                       mesh: jax.sharding.Mesh) -> jax.Array:
   # One compiled program per (model config, output, batch shape, mesh), shared by every extractor (Flax modules
   # with equal fields are equal and hash alike), so the CLIs and tests that build several compile once.
-  out = model.apply(variables, fid_preprocess(images.astype(jnp.float32) / 255.0, resolution))
+  # Full float32 convolutions: GPUs would otherwise use TF32 and TPUs bfloat16 passes (errors of ~1e-3 in the
+  # features); metrics must not depend on the accelerator. The Inception forward is cheap next to sampling.
+  with jax.default_matmul_precision("highest"):
+    out = model.apply(variables, fid_preprocess(images.astype(jnp.float32) / 255.0, resolution))
   out["mixed_6e_pool"] = jnp.mean(out["mixed_6e"], axis=(1, 2))
   if output not in out:
     raise ValueError(f"the Inception has no {output!r} output (it returns {sorted(out)}): logits need a "
