@@ -81,6 +81,8 @@ def test_fid_converter_is_strict_and_tells_torchvision_apart(fid_setup):
   torchvision_like = dict(state, **{"AuxLogits.fc.weight": np.zeros((1000, 768), np.float32)})
   with pytest.raises(ValueError, match="torchvision's Inception-v3"):
     convert_torch.convert_state_dict(torchvision_like, "fid_inception")
+  headless, _, config = convert_torch.convert_state_dict(state, "fid_inception", keep_fc=False)  # --no-fc
+  assert config == {"kind": "fid_inception", "num_classes": None, "variant": "fid"} and headless.num_classes is None
   with pytest.raises(ValueError, match="holds a 'fid_inception', not a 'inception'"):
     convert_torch.load_inception(converted)  # a FID Inception is not silently loaded as torchvision's
 
