@@ -6,8 +6,13 @@ VENV ?= .venv
 # build of torch through TORCH_SPEC so that pip does not pull a CUDA build.
 EXTRAS ?= test
 TORCH_SPEC ?=
-# Packages installed without their dependencies (CI: open_clip_torch, only for its CLIP vocabulary file).
+# Packages installed without their dependencies (CI: open_clip_torch, only for its CLIP vocabulary file;
+# pytorch-fid and torch-fidelity, the FID / Inception-score references).
 NODEPS_PIP ?=
+# torchvision for the FID / IS parity tests, installed beside the venv's site-packages (in $(VENV)/torchvision-nodeps,
+# which only those tests put on sys.path): PyPI's torchvision does not import beside the CPU build of torch, and in
+# site-packages it would break transformers' imports.
+TORCHVISION_SPEC ?=
 RUN ?= runs/demo
 PYTEST_ARGS ?=
 
@@ -25,6 +30,7 @@ $(STAMP): setup.py | $(VPY)
 	$(if $(TORCH_SPEC),$(VPY) -m pip install --quiet "$(TORCH_SPEC)")
 	$(VPY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(if $(NODEPS_PIP),$(VPY) -m pip install --quiet --no-deps $(NODEPS_PIP))
+	$(if $(TORCHVISION_SPEC),$(VPY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/torchvision-nodeps "$(TORCHVISION_SPEC)")
 	touch $@
 
 install: $(STAMP)
