@@ -32,6 +32,9 @@ def loss_config(damsm_lambda: float = 5.0) -> ml_collections.ConfigDict:
       "damsm_lambda": damsm_lambda,   # weight of L_DAMSM in the generator loss (0 switches the term off)
       "damsm": damsm_loss_config(),   # gamma1 / gamma2 / gamma3 = 4 / 5 / 10 as the reference ymls
       "kl_weight": 1.0,
+      # With damsm_lambda = 0: still compute (and report) the DAMSM loss of the samples, at the cost of a DAMSM
+      # forward per step (e.g. to compare a lambda ablation's runs on that loss).
+      "report_damsm": False,
   })
 
 
