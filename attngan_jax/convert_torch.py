@@ -6,15 +6,20 @@ Sources:
 - image_encoder: the reference's image_encoder*.pth (CNN_ENCODER: every Inception block up to Mixed_7c with
   BatchNorm running statistics, emb_features.weight, emb_cnn_code.{weight,bias});
 - inception: torchvision's ImageNet Inception-v3 state dict (AuxLogits.* dropped on purpose; fc kept unless
-  --no-fc), e.g. to initialise the frozen backbone of a new image encoder (`inception_into_image_encoder`).
+  --no-fc), e.g. to initialise the frozen backbone of a new image encoder (`inception_into_image_encoder`);
+- generator: the reference's netG_epoch_*.pth (G_NET: ca_net, h_net1..3, img_net1..3), architecture read from
+  the tensor shapes (gf_dim, r_num, branch_num, base_size, z_dim, condition_dim, embedding_dim);
+  `load_generator(path, config.model)` also checks it against the config and says which config the file fits;
+- discriminator: the reference's netD{0,1,2}.pth (D_NET64 / D_NET128 / D_NET256; image size and df_dim read from
+  the shapes), `load_discriminator`.
 
 Every import is strict (t2i_common.weights.convert_strict): a missing, unexpected or mis-shaped tensor
 raises with the list of names. Output directory: `variables.safetensors` (flat "collection/module/.../name"
 keys) + `config.json` (kind and model options), read back by `load_text_encoder` / `load_image_encoder` /
 `load_inception`.
 
-CLI: python -m attngan_jax.convert_torch --kind text_encoder|image_encoder|inception --src FILE.pth --out DIR
-     [--captions captions.pickle]  (text_encoder: also writes the matching vocab.json into DIR)
+CLI: python -m attngan_jax.convert_torch --kind text_encoder|image_encoder|inception|generator|discriminator
+     --src FILE.pth --out DIR [--captions captions.pickle]  (text_encoder: also writes the matching vocab.json)
 """
 from __future__ import annotations
 
@@ -26,16 +31,22 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from attngan_jax.gan import torch_weights as gan_names
+from attngan_jax.gan.config import gan_model_config
+from attngan_jax.gan.discriminator import Discriminator
+from attngan_jax.gan.generator import Generator, make_generator
 from attngan_jax.image_encoder import ImageEncoder
 from attngan_jax.inception import InceptionV3
 from attngan_jax.text import Vocabulary
 from attngan_jax.text_encoder import TextEncoder
-from t2i_common.weights import abstract_params, conv_kernel, convert_strict, dense_kernel, read_state_dict
+from t2i_common.weights import (BATCHNORM_LEAVES, abstract_params, conv_kernel, convert_strict, dense_kernel,
+                                read_state_dict)
 
-KINDS = ("text_encoder", "image_encoder", "inception")
+KINDS = ("text_encoder", "image_encoder", "inception", "generator", "discriminator")
 VARIABLES_FILE = "variables.safetensors"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
@@ -43,8 +54,7 @@ VOCAB_FILE = "vocab.json"
 IGNORE_ALWAYS = (r"(^|\.)num_batches_tracked$",)
 IGNORE_INCEPTION = IGNORE_ALWAYS + (r"^AuxLogits\.",)
 
-_BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-       "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BN = BATCHNORM_LEAVES
 
 
 # ---------------------------------------------------------------------------------------------- renames
@@ -138,7 +148,36 @@ def inception_from_config(config: dict) -> InceptionV3:
   return InceptionV3(num_classes=config.get("num_classes"))
 
 
+def generator_from_config(config: dict, reference_mask_bug: bool = False) -> Generator:
+  """The Generator of a converted netG's config.json (architecture only; the mask mode is the caller's)."""
+  arch = {k: config[k] for k in gan_names.GENERATOR_KEYS if config.get(k) is not None}
+  return make_generator(gan_model_config(**arch, reference_mask_bug=reference_mask_bug))
+
+
+def discriminator_from_config(config: dict) -> Discriminator:
+  return Discriminator(image_size=config["image_size"], df_dim=config["df_dim"],
+                       embedding_dim=config["embedding_dim"])
+
+
+def _generator_model(state: dict[str, np.ndarray]) -> tuple[Generator, dict]:
+  arch = gan_names.generator_architecture(state)
+  return generator_from_config(arch), {"kind": "generator", **arch}
+
+
+def _discriminator_model(state: dict[str, np.ndarray]) -> tuple[Discriminator, dict]:
+  config = {"kind": "discriminator", **gan_names.discriminator_architecture(state)}
+  return discriminator_from_config(config), config
+
+
 def _template(model, kind: str) -> Any:
+  if kind == "generator":
+    b, t = 1, 2
+    return abstract_params(model, jnp.zeros((b, model.z_dim)), jnp.zeros((b, model.embedding_dim)),
+                           jnp.zeros((b, t, model.embedding_dim)), jnp.zeros((b, t), bool),
+                           ca_noise=jnp.zeros((b, model.condition_dim)))
+  if kind == "discriminator":
+    s = model.image_size
+    return abstract_params(model, jnp.zeros((1, s, s, 3)), jnp.zeros((1, model.embedding_dim)))
   if kind == "text_encoder":
     args = (jnp.zeros((1, 2), jnp.int32), jnp.ones((1,), jnp.int32))
   else:
@@ -160,6 +199,12 @@ def convert_state_dict(state: dict[str, np.ndarray], kind: str, *, source: str =
   elif kind == "inception":
     model, config = _inception_model(state, keep_fc)
     rename, ignore = _rename_inception, IGNORE_INCEPTION + (() if config["num_classes"] else (r"^fc\.",))
+  elif kind == "generator":
+    model, config = _generator_model(state)
+    rename, ignore = gan_names.table_rename(gan_names.GENERATOR_TABLE), IGNORE_ALWAYS
+  elif kind == "discriminator":
+    model, config = _discriminator_model(state)
+    rename, ignore = gan_names.table_rename(gan_names.DISCRIMINATOR_TABLE), IGNORE_ALWAYS
   else:
     raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}.")
   variables = convert_strict(state, _template(model, kind), rename, source=source, ignore=ignore)
@@ -241,6 +286,55 @@ def load_inception(path: str) -> tuple[InceptionV3, dict]:
   model = inception_from_config(config)
   _check_tree(model, variables, "inception", path)
   return model, variables
+
+
+def load_generator(path: str, model: ml_collections.ConfigDict) -> tuple[Generator, dict]:
+  """(Generator, variables) from the reference's netG_*.pth (strict) or a directory written by this converter.
+
+  model: config.model (attngan_jax.gan.config); its architecture must be the file's (else a ValueError names the
+  config the file fits) and its `reference_mask_bug` sets the attention mask mode (the released generators were
+  trained with the reference's mask, True). Call it in eval mode:
+  `images, attn_maps, mu, logvar = gen.apply(variables, z, sent_emb, words_emb, mask, ca_noise=eps)`.
+  """
+  gen = make_generator(model)
+  if os.path.isdir(path):
+    variables, config = _load(path, "generator")
+    gan_names.check_architecture(config, model, gan_names.GENERATOR_KEYS, repr(path), "generator")
+    _check_tree(gen, variables, "generator", path)
+    return gen, variables
+  state = read_state_dict(path)
+  arch = gan_names.generator_architecture(state)
+  gan_names.check_architecture(arch, model, gan_names.GENERATOR_KEYS, repr(path), "generator")
+  variables = convert_strict(state, _template(gen, "generator"), gan_names.table_rename(gan_names.GENERATOR_TABLE),
+                             source=path, ignore=IGNORE_ALWAYS)
+  return gen, variables
+
+
+def load_discriminator(path: str, model: ml_collections.ConfigDict) -> tuple[Discriminator, dict]:
+  """(Discriminator, variables) from a reference netD{0,1,2}.pth (strict) or a directory of this converter.
+
+  The image size (64, 128, 256) comes from the file and must be one of the generator stages' of config.model;
+  df_dim and embedding_dim must be config.model's.
+  """
+  if os.path.isdir(path):
+    variables, config = _load(path, "discriminator")
+    state = None
+  else:
+    state = read_state_dict(path)
+    config = gan_names.discriminator_architecture(state)
+  gan_names.check_architecture(config, model, gan_names.DISCRIMINATOR_KEYS, repr(path), "discriminator")
+  sizes = [model.base_size * 2 ** i for i in range(model.branch_num)]
+  if config["image_size"] not in sizes:
+    raise ValueError(f"the discriminator in {path!r} is for {config['image_size']} px images, but config.model's "
+                     f"generator stages are {sizes} px.")
+  disc = discriminator_from_config(config)
+  if state is None:
+    _check_tree(disc, variables, "discriminator", path)
+  else:
+    variables = convert_strict(state, _template(disc, "discriminator"),
+                               gan_names.table_rename(gan_names.DISCRIMINATOR_TABLE), source=path,
+                               ignore=IGNORE_ALWAYS)
+  return disc, variables
 
 
 def convert_file(kind: str, src: str, out: str, *, captions: Optional[str] = None, keep_fc: bool = True) -> dict:

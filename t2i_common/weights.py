@@ -72,6 +72,11 @@ def _torch_to_numpy(t) -> np.ndarray:
   return t.numpy()
 
 
+# PyTorch BatchNorm tensor -> (Flax collection, leaf name) of a Flax BatchNorm (or attngan_jax.gan.blocks.BatchNorm).
+BATCHNORM_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+                    "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+
+
 def conv_kernel(w: np.ndarray) -> np.ndarray:
   """PyTorch conv weight OIHW -> Flax HWIO."""
   return np.transpose(w, (2, 3, 1, 0))

@@ -22,15 +22,15 @@ def gan_model_config(preset: str = "birds", **overrides) -> ml_collections.Confi
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
   values = {
-      "gf_dim": 32,
-      "df_dim": 64,
-      "r_num": 2,
-      "branch_num": 3,
-      "base_size": 64,
+      "gf_dim": 32,          # generator width: every stage's feature maps have gf_dim channels
+      "df_dim": 64,          # discriminator width: features 8 df_dim at 4 x 4
+      "r_num": 2,            # ResBlocks per attentional stage
+      "branch_num": 3,       # generator stages (and discriminators)
+      "base_size": 64,       # first stage's image side, 4 * 2^n
       "z_dim": 100,
-      "condition_dim": 100,
-      "embedding_dim": 256,
-      "words_num": 18,
+      "condition_dim": 100,  # CA output c
+      "embedding_dim": 256,  # DAMSM word / sentence feature size
+      "words_num": 18,       # captions padded / subsampled to this many words (data pipeline; T of words_emb)
       "reference_mask_bug": False,
   }
   values.update(PRESETS[preset])
