@@ -11,15 +11,19 @@ Sources:
   the tensor shapes (gf_dim, r_num, branch_num, base_size, z_dim, condition_dim, embedding_dim);
   `load_generator(path, config.model)` also checks it against the config and says which config the file fits;
 - discriminator: the reference's netD{0,1,2}.pth (D_NET64 / D_NET128 / D_NET256; image size and df_dim read from
-  the shapes), `load_discriminator`.
+  the shapes), `load_discriminator`;
+- fid_inception: pytorch-fid's FID Inception weights (pt_inception-2015-12-05-*.pth, the state dict of its
+  fid_inception_v3(): torchvision's names, no aux head, 1008-class fc kept unless --no-fc) into
+  InceptionV3(variant="fid"), read back by `load_fid_inception` (t2i_common.metrics: FID, Inception score).
 
 Every import is strict (t2i_common.weights.convert_strict): a missing, unexpected or mis-shaped tensor
 raises with the list of names. Output directory: `variables.safetensors` (flat "collection/module/.../name"
 keys) + `config.json` (kind and model options), read back by `load_text_encoder` / `load_image_encoder` /
 `load_inception`.
 
-CLI: python -m attngan_jax.convert_torch --kind text_encoder|image_encoder|inception|generator|discriminator
-     --src FILE.pth --out DIR [--captions captions.pickle]  (text_encoder: also writes the matching vocab.json)
+CLI: python -m attngan_jax.convert_torch --kind text_encoder|image_encoder|inception|fid_inception|generator|
+     discriminator --src FILE.pth --out DIR [--captions captions.pickle]  (text_encoder: also writes the
+     matching vocab.json)
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from attngan_jax.text_encoder import TextEncoder
 from t2i_common.weights import (BATCHNORM_LEAVES, abstract_params, conv_kernel, convert_strict, dense_kernel,
                                 read_state_dict)
 
-KINDS = ("text_encoder", "image_encoder", "inception", "generator", "discriminator")
+KINDS = ("text_encoder", "image_encoder", "inception", "fid_inception", "generator", "discriminator")
 VARIABLES_FILE = "variables.safetensors"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
@@ -135,6 +139,15 @@ def _inception_model(state: dict[str, np.ndarray], keep_fc: bool) -> tuple[Incep
   return inception_from_config(config), config
 
 
+def _fid_inception_model(state: dict[str, np.ndarray], keep_fc: bool) -> tuple[InceptionV3, dict]:
+  if any(k.startswith("AuxLogits.") for k in state):
+    raise ValueError("this state dict has AuxLogits.* tensors: it is torchvision's Inception-v3 (--kind "
+                     "inception), not pytorch-fid's FID Inception file pt_inception-2015-12-05-*.pth.")
+  num_classes = int(state["fc.weight"].shape[0]) if keep_fc and "fc.weight" in state else None
+  config = {"kind": "fid_inception", "num_classes": num_classes, "variant": "fid"}
+  return inception_from_config(config), config
+
+
 def text_encoder_from_config(config: dict) -> TextEncoder:
   return TextEncoder(n_words=config["n_words"], embed_dim=config["embed_dim"], output_dim=config["output_dim"])
 
@@ -145,7 +158,7 @@ def image_encoder_from_config(config: dict) -> ImageEncoder:
 
 
 def inception_from_config(config: dict) -> InceptionV3:
-  return InceptionV3(num_classes=config.get("num_classes"))
+  return InceptionV3(num_classes=config.get("num_classes"), variant=config.get("variant", "torchvision"))
 
 
 def generator_from_config(config: dict, reference_mask_bug: bool = False) -> Generator:
@@ -205,6 +218,9 @@ def convert_state_dict(state: dict[str, np.ndarray], kind: str, *, source: str =
   elif kind == "discriminator":
     model, config = _discriminator_model(state)
     rename, ignore = gan_names.table_rename(gan_names.DISCRIMINATOR_TABLE), IGNORE_ALWAYS
+  elif kind == "fid_inception":
+    model, config = _fid_inception_model(state, keep_fc)
+    rename, ignore = _rename_inception, IGNORE_ALWAYS + (() if config["num_classes"] else (r"^fc\.",))
   else:
     raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}.")
   variables = convert_strict(state, _template(model, kind), rename, source=source, ignore=ignore)
@@ -337,6 +353,14 @@ def load_discriminator(path: str, model: ml_collections.ConfigDict) -> tuple[Dis
   return disc, variables
 
 
+def load_fid_inception(path: str) -> tuple[InceptionV3, dict]:
+  """(InceptionV3(variant="fid"), variables) from `--kind fid_inception` output (pytorch-fid's weights)."""
+  variables, config = _load(path, "fid_inception")
+  model = inception_from_config(config)
+  _check_tree(model, variables, "fid_inception", path)
+  return model, variables
+
+
 def convert_file(kind: str, src: str, out: str, *, captions: Optional[str] = None, keep_fc: bool = True) -> dict:
   """Converts `src` into the directory `out`; returns the model config written."""
   state = read_state_dict(src)
@@ -360,7 +384,7 @@ def main(argv=None) -> None:
   parser.add_argument("--src", required=True, help="PyTorch .pth/.pt/.bin/.safetensors state dict")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--captions", default=None, help="text_encoder: the reference captions.pickle")
-  parser.add_argument("--no-fc", action="store_true", help="inception: drop the ImageNet classifier")
+  parser.add_argument("--no-fc", action="store_true", help="inception, fid_inception: drop the classifier")
   args = parser.parse_args(argv)
   config = convert_file(args.kind, args.src, args.out, captions=args.captions, keep_fc=not args.no_fc)
   print(f"wrote {args.out}: {json.dumps(config)}")

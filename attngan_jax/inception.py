@@ -7,6 +7,14 @@ the Flax counterpart `<Block>/<branch>/conv/kernel` / `bn/{scale,bias}` (params)
 BatchNorm: eps 0.001 as torchvision. train=True normalises with batch statistics and updates the running
 averages with PyTorch's momentum 0.1 (Flax momentum 0.9); Flax averages the biased batch variance where
 PyTorch uses the unbiased one, a relative difference of 1/(elements per channel) in the running variance.
+
+Two block variants (`InceptionV3.variant`):
+- "torchvision": torchvision's blocks (the DAMSM backbone, ImageNet classifiers);
+- "fid": the TF 2015-12-05 graph that FID is defined with, as pytorch-fid ports it (FIDInceptionA/C/E_1/E_2):
+  the branch-pool average of Mixed_5b-5d, 6b-6e and 7b leaves the zero padding out of the mean (TF's
+  avg_pool), and Mixed_7c's branch pool is a 3 x 3 max pool (stride 1, padding 1) instead of an average.
+  Same tensor names and shapes as torchvision's, 1008 classes in its fc.
+`fid_preprocess` is pytorch-fid's input path (bilinear resize to 299 without antialiasing, [0, 1] -> [-1, 1]).
 """
 from __future__ import annotations
 
@@ -40,9 +48,20 @@ class BasicConv2d(nn.Module):
     return nn.relu(x)
 
 
-def _avg_pool3(x):
-  # torchvision: F.avg_pool2d(kernel 3, stride 1, padding 1) counting the zero padding.
-  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=True)
+VARIANTS = ("torchvision", "fid")
+# The 3 x 3 stride-1 pool in front of a block's branch_pool conv:
+#   "avg": torchvision's F.avg_pool2d(3, 1, 1), zero padding counted in the mean;
+#   "avg_tf": TF's average pool (pytorch-fid: count_include_pad=False), padding left out of the mean;
+#   "max": max pool with padding 1 (pytorch-fid's FIDInceptionE_2, the FID graph's Mixed_7c).
+POOLS = ("avg", "avg_tf", "max")
+
+
+def _branch_pool(x, pool: str):
+  if pool == "max":
+    return nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+  if pool not in ("avg", "avg_tf"):
+    raise ValueError(f"unknown branch pool {pool!r}; choose one of {POOLS}.")
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=pool == "avg")
 
 
 def _max_pool3s2(x):
@@ -51,6 +70,7 @@ def _max_pool3s2(x):
 
 class InceptionA(nn.Module):
   pool_features: int
+  pool: str = "avg"
 
   @nn.compact
   def __call__(self, x, train):
@@ -60,7 +80,7 @@ class InceptionA(nn.Module):
     b3 = BasicConv2d(64, 1, name="branch3x3dbl_1")(x, train)
     b3 = BasicConv2d(96, 3, padding=1, name="branch3x3dbl_2")(b3, train)
     b3 = BasicConv2d(96, 3, padding=1, name="branch3x3dbl_3")(b3, train)
-    bp = BasicConv2d(self.pool_features, 1, name="branch_pool")(_avg_pool3(x), train)
+    bp = BasicConv2d(self.pool_features, 1, name="branch_pool")(_branch_pool(x, self.pool), train)
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
@@ -76,6 +96,7 @@ class InceptionB(nn.Module):
 
 class InceptionC(nn.Module):
   channels_7x7: int
+  pool: str = "avg"
 
   @nn.compact
   def __call__(self, x, train):
@@ -89,7 +110,7 @@ class InceptionC(nn.Module):
     bd = BasicConv2d(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd, train)
     bd = BasicConv2d(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd, train)
     bd = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd, train)
-    bp = BasicConv2d(192, 1, name="branch_pool")(_avg_pool3(x), train)
+    bp = BasicConv2d(192, 1, name="branch_pool")(_branch_pool(x, self.pool), train)
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
 
@@ -106,6 +127,8 @@ class InceptionD(nn.Module):
 
 
 class InceptionE(nn.Module):
+  pool: str = "avg"
+
   @nn.compact
   def __call__(self, x, train):
     b1 = BasicConv2d(320, 1, name="branch1x1")(x, train)
@@ -116,7 +139,7 @@ class InceptionE(nn.Module):
     bd = BasicConv2d(384, 3, padding=1, name="branch3x3dbl_2")(bd, train)
     bd = jnp.concatenate([BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd, train),
                           BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd, train)], axis=-1)
-    bp = BasicConv2d(192, 1, name="branch_pool")(_avg_pool3(x), train)
+    bp = BasicConv2d(192, 1, name="branch_pool")(_branch_pool(x, self.pool), train)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
@@ -134,24 +157,34 @@ BLOCKS: Sequence[tuple[str, type, dict]] = (
     ("Mixed_7b", InceptionE, {}),
     ("Mixed_7c", InceptionE, {}),
 )
+# What the "fid" variant changes (pytorch-fid's FIDInception* blocks); Mixed_6a / 7a have no branch pool conv.
+FID_POOLS = {"Mixed_5b": "avg_tf", "Mixed_5c": "avg_tf", "Mixed_5d": "avg_tf", "Mixed_6b": "avg_tf",
+             "Mixed_6c": "avg_tf", "Mixed_6d": "avg_tf", "Mixed_6e": "avg_tf", "Mixed_7b": "avg_tf",
+             "Mixed_7c": "max"}
 
 
 class InceptionV3(nn.Module):
   """Inception-v3 without the auxiliary head. Input NHWC, at least 75 x 75.
 
   Returns a dict: "mixed_6e" [B, h, w, 768] (17 x 17 at 299 px), "mixed_7c" [B, h', w', 2048],
-  "pool" [B, 2048] (global average), and "logits" [B, num_classes] when num_classes is set.
+  "pool" [B, 2048] (global average; pytorch-fid's pool3 features), and when num_classes is set "logits"
+  [B, num_classes] and "logits_unbiased" (pool @ fc kernel without the bias: what the original Inception score
+  code and torch-fidelity's isc take from the 1008-class FID graph).
   transform_input: torchvision's option that maps inputs normalised with mean = std = 0.5 (i.e. [-1, 1])
   to ImageNet normalisation; off by default because the DAMSM feeds [-1, 1] images to the blocks directly.
+  variant: "torchvision" or "fid" (module docstring).
   """
   num_classes: Optional[int] = None
   transform_input: bool = False
   dropout: float = 0.5
+  variant: str = "torchvision"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"InceptionV3 expects NHWC images [B, H, W, 3], got shape {x.shape}.")
+    if self.variant not in VARIANTS:
+      raise ValueError(f"unknown Inception variant {self.variant!r}; choose one of {VARIANTS}.")
     if min(x.shape[1:3]) < 75:
       raise ValueError(f"InceptionV3 needs images of at least 75 x 75 pixels, got {x.shape[1:3]}.")
     if self.transform_input:
@@ -167,11 +200,29 @@ class InceptionV3(nn.Module):
     x = _max_pool3s2(x)
     out = {}
     for name, block, kwargs in BLOCKS:
+      if self.variant == "fid" and name in FID_POOLS:
+        kwargs = dict(kwargs, pool=FID_POOLS[name])
       x = block(name=name, **kwargs)(x, train)
       if name in ("Mixed_6e", "Mixed_7c"):
         out[name.lower()] = x
     out["pool"] = jnp.mean(x, axis=(1, 2))
     if self.num_classes:
       h = nn.Dropout(self.dropout)(out["pool"], deterministic=not train)
-      out["logits"] = nn.Dense(self.num_classes, name="fc")(h)
+      fc = nn.Dense(self.num_classes, name="fc")
+      out["logits"] = fc(h)
+      out["logits_unbiased"] = h @ fc.variables["params"]["kernel"]
     return out
+
+
+def resize_bilinear(images: jax.Array, size: int) -> jax.Array:
+  """NHWC bilinear resize to size x size as PyTorch's F.interpolate(mode="bilinear", align_corners=False)
+  without antialiasing (pytorch-fid's resize): half-pixel centres, edge samples clamped, no low-pass filter
+  when shrinking (jax.image.resize's default antialias would blur downscaled images)."""
+  if images.shape[1:3] == (size, size):
+    return images
+  return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear", antialias=False)
+
+
+def fid_preprocess(images: jax.Array, size: int = 299) -> jax.Array:
+  """pytorch-fid's InceptionV3 input path: float NHWC images in [0, 1] -> resized to size x size -> [-1, 1]."""
+  return 2.0 * resize_bilinear(images, size) - 1.0

@@ -1,0 +1,177 @@
+"""Inception-v3 features of many images, for FID and the Inception score.
+
+`InceptionExtractor` runs a converted Inception (attngan_jax.convert_torch output: `fid_inception` for pytorch-fid's
+FID weights, `inception` for torchvision-layout classifiers) jitted and data-parallel over a mesh, with pytorch-fid's
+input path: uint8 images (or floats in [0, 1], rounded to uint8 first as saving a PNG would, so in-memory samples
+score like the same samples written to disk) -> [0, 1] -> bilinear resize to 299 without antialiasing -> [-1, 1].
+`extract_features` streams an array or an iterator of batches through it with a progress bar (rate, ETA);
+`iter_image_folder` reads a folder of pictures in batches.
+
+    extractor = InceptionExtractor.from_converted("weights/fid_inception", "pool")
+    feats = extract_features(iter_image_folder("samples/", 50), extractor)     # [N, 2048] float32
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from attngan_jax.inception import fid_preprocess
+from t2i_common import parallel
+from t2i_common.logging import progress, to_uint8
+
+# pytorch-fid's list of picture extensions (fid_score.IMAGE_EXTENSIONS).
+IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
+# Backend names reported with every figure: FID and IS depend on the network's weights and structure.
+BACKENDS = {"fid_inception": "pytorch-fid-inception (converted)",
+            "inception": "torchvision-layout-inception-v3 (converted)"}
+OUTPUTS = ("pool", "logits", "logits_unbiased")
+# The class scores the Inception score takes from each kind (from_converted's output="class_scores"): the fc output
+# without its bias for pytorch-fid's 1008-class TF graph (improved-gan's and torch-fidelity's choice), else logits.
+CLASS_SCORES = {"fid_inception": "logits_unbiased", "inception": "logits"}
+
+
+class InceptionExtractor:
+  """Batches of images -> one Inception output per image (float32 numpy).
+
+  apply_fn(variables, x) -> dict of outputs, x: float [B, 299, 299, 3] in [-1, 1] (e.g. InceptionV3.apply).
+  output: "pool" (2048-d pool3 features: FID), "logits" or "logits_unbiased" (the Inception score).
+  batch_size: images per jitted call, a multiple of the mesh size; the last batch is padded (one compiled shape).
+  backend: the name reported with figures computed from these features.
+  Arrays passed in must be the same on every process (each process feeds its slice of each batch).
+  """
+
+  def __init__(self, apply_fn: Callable, variables: Any, output: str = "pool", *, backend: str,
+               batch_size: int = 50, resolution: int = 299, mesh: Optional[jax.sharding.Mesh] = None,
+               compiler_options: Optional[dict] = None):
+    if output not in OUTPUTS:
+      raise ValueError(f"unknown Inception output {output!r}; choose one of {OUTPUTS}.")
+    self.mesh = mesh if mesh is not None else parallel.create_mesh(None)
+    if batch_size < 1 or batch_size % self.mesh.size:
+      raise ValueError(f"batch_size={batch_size} must be a positive multiple of the mesh size {self.mesh.size}.")
+    self.output, self.backend, self.batch_size, self.resolution = output, backend, batch_size, resolution
+    replicated = parallel.replicated(self.mesh)
+    self.variables = jax.device_put(variables, replicated)
+
+    def run(v, images):
+      x = fid_preprocess(images.astype(jnp.float32) / 255.0, resolution)
+      out = apply_fn(v, x)
+      if output not in out:
+        raise ValueError(f"the Inception has no {output!r} output (it returns {sorted(out)}): logits need a "
+                         "model converted with its fc layer (without --no-fc).")
+      return out[output]
+
+    self._run = jax.jit(run, out_shardings=replicated, compiler_options=compiler_options)
+
+  @classmethod
+  def from_converted(cls, path: str, output: str = "pool", *, transform_input: bool = False,
+                     **kwargs: Any) -> "InceptionExtractor":
+    """From a directory written by `python -m attngan_jax.convert_torch --kind fid_inception|inception`.
+
+    output: one of OUTPUTS, or "class_scores" for the logits the Inception score uses with this kind (CLASS_SCORES).
+
+    transform_input: torchvision's ImageNet weights expect ImageNet normalisation (torchvision's
+    transform_input=True); pytorch-fid's weights and TF-slim fine-tuned models take [-1, 1] as they are.
+    kwargs: batch_size, mesh, compiler_options.
+    """
+    from attngan_jax import convert_torch
+    config_path = os.path.join(path, convert_torch.CONFIG_FILE)
+    if not os.path.isfile(config_path):
+      raise FileNotFoundError(f"{path!r} is not a converted Inception directory (no {convert_torch.CONFIG_FILE}); "
+                              "convert pytorch-fid's pt_inception-2015-12-05-*.pth with python -m "
+                              "attngan_jax.convert_torch --kind fid_inception --src FILE --out DIR.")
+    with open(config_path) as f:
+      kind = json.load(f).get("kind")
+    if kind == "fid_inception":
+      model, variables = convert_torch.load_fid_inception(path)
+    elif kind == "inception":
+      model, variables = convert_torch.load_inception(path)
+    else:
+      raise ValueError(f"{path!r} holds a {kind!r}, not an Inception (kind fid_inception or inception).")
+    if output == "class_scores":
+      output = CLASS_SCORES[kind]
+    if transform_input:
+      model = model.clone(transform_input=True)
+    backend = BACKENDS[kind] + (" with ImageNet input transform" if transform_input else "")
+    return cls(model.apply, variables, output, backend=backend, **kwargs)
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    """[n, H, W, 3] uint8 (or float in [0, 1]) -> [n, D] float32, any n >= 1, in batches of batch_size."""
+    images = to_uint8(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be [N, H, W, 3] RGB, got shape {images.shape}.")
+    p, count = jax.process_index(), jax.process_count()
+    local = self.batch_size // count
+    out = []
+    for lo in range(0, len(images), self.batch_size):
+      chunk = images[lo:lo + self.batch_size]
+      n = len(chunk)
+      if n < self.batch_size:  # pad with copies of the last image; their outputs are dropped below
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
+      batch = parallel.global_batch({"image": chunk[p * local:(p + 1) * local]}, self.mesh)
+      out.append(np.asarray(self._run(self.variables, batch["image"]))[:n])
+    return np.concatenate(out)
+
+
+def extract_features(images: np.ndarray | Iterable[np.ndarray], extractor: Callable[[np.ndarray], np.ndarray],
+                     *, total: Optional[int] = None, desc: str = "inception features") -> np.ndarray:
+  """Features [N, D] float32 of an array [N, H, W, 3] or an iterator of such batches, with a progress bar.
+
+  extractor: e.g. an InceptionExtractor (any callable batch -> [n, D]). total: the number of images, for the
+  bar's ETA (known for arrays and for `iter_image_folder`, which has a len). Raises on NaN/inf features.
+  """
+  if isinstance(images, np.ndarray):
+    total, images = len(images), [images]
+  elif total is None and hasattr(images, "__len__"):
+    total = len(images)
+  feats = []
+  with progress(total or 0, desc) as bar:
+    for batch in images:
+      feats.append(np.asarray(extractor(batch), np.float32))
+      bar.update(len(feats[-1]))
+  if not feats:
+    raise ValueError("no images: the folder or iterator was empty.")
+  feats = np.concatenate(feats)
+  if not np.all(np.isfinite(feats)):
+    raise ValueError("the Inception features contain NaN/inf: check the images and the converted weights.")
+  return feats
+
+
+class iter_image_folder:  # noqa: N801  (used like a generator function; a class only to carry len())
+  """uint8 batches [b, H, W, 3] of the pictures in `folder` (pytorch-fid's extensions, sorted), RGB.
+
+  All pictures must have one size (resize them first, e.g. generated and real images to one resolution).
+  `len()` is the number of pictures.
+  """
+
+  def __init__(self, folder: str, batch_size: int = 50):
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"image folder {folder!r} does not exist.")
+    self.files = sorted(f for ext in IMAGE_EXTENSIONS for f in glob.glob(os.path.join(folder, f"*.{ext}")))
+    if not self.files:
+      raise ValueError(f"no pictures ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}.")
+    self.batch_size = batch_size
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __iter__(self) -> Iterator[np.ndarray]:
+    size = None
+    for lo in range(0, len(self.files), self.batch_size):
+      batch = []
+      for path in self.files[lo:lo + self.batch_size]:
+        with Image.open(path) as im:
+          image = np.asarray(im.convert("RGB"))
+        if size is None:
+          size = image.shape
+        elif image.shape != size:
+          raise ValueError(f"{path!r} is {image.shape[1]} x {image.shape[0]} but the first picture is "
+                           f"{size[1]} x {size[0]}: every picture of a folder must have one size.")
+        batch.append(image)
+      yield np.stack(batch)
