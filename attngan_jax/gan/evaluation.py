@@ -17,7 +17,7 @@ for the grid.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import ml_collections
@@ -42,6 +42,13 @@ def eval_config(num_images: int = 30_000, batch_size: int = 50) -> ml_collection
       "r_precision": r_precision_config(),
       "every_steps": 0,            # > 0: evaluate during training on hook_num_images images (eval/* scalars)
       "hook_num_images": 500,
+      # The evaluate command only. Inception score: a converted Inception with its classifier (python -m
+      # attngan_jax.convert_torch --kind inception for StackGAN's CUB-fine-tuned or torchvision's ImageNet one,
+      # --kind fid_inception for pytorch-fid's); "" skips it.
+      "inception_score": ml_collections.ConfigDict({"weights": "", "splits": 10, "transform_input": False}),
+      # FID against the real test images: pytorch-fid's Inception converted with --kind fid_inception; "" skips
+      # it. Real statistics are cached per dataset, resolution and backend in cache_dir ("" = <workdir>/eval).
+      "fid": ml_collections.ConfigDict({"weights": "", "cache_dir": ""}),
   })
 
 
@@ -62,9 +69,15 @@ def test_captions(data_config: ml_collections.ConfigDict, num: int, seed: int = 
 
 
 def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict,
-                       *, num_images: int, show_progress: bool = True) -> dict[str, Any]:
+                       *, num_images: int, show_progress: bool = True,
+                       feature_fns: Optional[dict[str, Callable[[np.ndarray], np.ndarray]]] = None
+                       ) -> dict[str, Any]:
   """Scores (module docstring); returns {"r_precision", "r_precision_std", ..., "oracle": {...} on shapes,
-  "grid": {"images": uint8 last-stage images, "captions"}, "num_images"}."""
+  "grid": {"images": uint8 last-stage images, "captions"}, "num_images"}.
+
+  feature_fns: name -> function of a uint8 batch of last-stage images giving per-image features (e.g. an
+  Inception extractor for IS / FID); their outputs for all images come back as result["features"][name].
+  """
   if num_images < 2:
     raise ValueError(f"evaluation needs at least 2 images, got num_images={num_images}.")
   rp = cfg.r_precision
@@ -73,6 +86,7 @@ def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict,
   damsm_vars = sampler.variables["damsm"]
   image_vecs, sent_vecs, class_ids, objects, uint8_last = [], [], [], [], []
   grid_images, grid_captions = [], []
+  features: dict[str, list[np.ndarray]] = {name: [] for name in (feature_fns or {})}
   stream = test_captions(data_config, num_images, int(cfg.seed))
   bar = progress(num_images, desc="generate", enabled=show_progress)
   done = 0
@@ -89,6 +103,8 @@ def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict,
     if items[0]["objects"] is not None:
       objects += [it["objects"] for it in items]
       uint8_last.append(as_uint8)
+    for name, fn in (feature_fns or {}).items():
+      features[name].append(np.asarray(fn(as_uint8)))
     keep = max(0, int(cfg.grid_images) - len(grid_images))
     grid_images += list(as_uint8[:keep])
     grid_captions += captions[:keep]
@@ -114,6 +130,8 @@ def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict,
     result["oracle"] = score(list(np.concatenate(uint8_last)), objects,
                              holdout=parse_holdout(data_config.shapes.holdout))
   result["grid"] = {"images": np.stack(grid_images), "captions": grid_captions}
+  if features:
+    result["features"] = {name: np.concatenate(parts) for name, parts in features.items()}
   return result
 
 
