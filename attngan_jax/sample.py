@@ -72,8 +72,8 @@ def read_captions(args: argparse.Namespace) -> list[str]:
   return captions
 
 
-def load_sampler(args: argparse.Namespace):
-  """(Sampler, description) for --workdir or --generator + --text_encoder."""
+def load_sampler(args: argparse.Namespace, num_images: int = 16):
+  """(Sampler, description) for --workdir or --generator + --text_encoder; batches of at most 16 images."""
   from attngan_jax import convert_torch
   from attngan_jax.gan.config import gan_model_config
   from attngan_jax.gan.damsm import FrozenDAMSM
@@ -120,7 +120,7 @@ def load_sampler(args: argparse.Namespace):
   desc = (f"{what}: {len(gen.image_sizes)} stage(s) {gen.image_sizes} px, reference mask "
           f"{'on' if gen.reference_mask_bug else 'off'}; text encoder {text_dir} ({len(damsm.vocab)} words), "
           f"words_num {words_num}")
-  return Sampler(gen, variables, damsm, words_num, batch_size=16), desc
+  return Sampler(gen, variables, damsm, words_num, batch_size=min(16, num_images)), desc
 
 
 def _slug(text: str, n: int = 40) -> str:
@@ -134,10 +134,10 @@ def run(args: argparse.Namespace) -> dict[str, str]:
   from t2i_common.logging import to_uint8
 
   captions = read_captions(args)
-  start = time.perf_counter()
-  sampler, desc = load_sampler(args)
-  print(f"loaded {desc} in {time.perf_counter() - start:.1f} s", flush=True)
   rows = [(c, s) for c in captions for s in args.seeds]
+  start = time.perf_counter()
+  sampler, desc = load_sampler(args, len(rows))
+  print(f"loaded {desc} in {time.perf_counter() - start:.1f} s", flush=True)
   enc = sampler.encode_captions(captions, seed=args.seeds[0])
   for c in captions:
     total = len(sampler.damsm.vocab.encode(tokenize(c))[0])

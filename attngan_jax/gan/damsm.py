@@ -102,8 +102,9 @@ class FrozenDAMSM:
                                small_cnn_width=int(cfg.small_cnn_width))
     k_text, k_image = jax.random.split(rbg_key(jax.random.key(seed)))
     size = int(cfg.image_size)
-    text_vars = text_model.init(k_text, jnp.zeros((1, 2), jnp.int32), jnp.ones((1,), jnp.int32))
-    image_vars = image_model.init(k_image, jnp.zeros((1, size, size, 3), jnp.float32))
+    init = jax.jit(lambda kt, ki: (text_model.init(kt, jnp.zeros((1, 2), jnp.int32), jnp.ones((1,), jnp.int32)),
+                                   image_model.init(ki, jnp.zeros((1, size, size, 3), jnp.float32))))
+    text_vars, image_vars = init(k_text, k_image)
     return cls(text_model, image_model, {"text": text_vars, "image": image_vars}, vocab, image_size=size,
                source="random initialisation")
 

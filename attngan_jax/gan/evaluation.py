@@ -16,6 +16,7 @@ for the grid.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable, Iterator, Optional
 
@@ -82,8 +83,7 @@ def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict,
     raise ValueError(f"evaluation needs at least 2 images, got num_images={num_images}.")
   rp = cfg.r_precision
   mismatch = int(rp.num_mismatch)
-  image_fn = jax.jit(lambda v, x: sampler.damsm.encode_image(v, x)[1], out_shardings=parallel.replicated(sampler.mesh))
-  damsm_vars = sampler.variables["damsm"]
+  damsm_vars = jax.device_put(sampler.damsm.variables, parallel.replicated(sampler.mesh))
   image_vecs, sent_vecs, class_ids, objects, uint8_last = [], [], [], [], []
   grid_images, grid_captions = [], []
   features: dict[str, list[np.ndarray]] = {name: [] for name in (feature_fns or {})}
@@ -96,7 +96,7 @@ def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict,
     seeds = list(range(int(cfg.seed) + done, int(cfg.seed) + done + len(items)))
     out = sampler.generate(captions, seeds, text_seed=int(cfg.seed) + done)
     last = out["images"][-1]
-    image_vecs.append(_image_vectors(sampler, image_fn, damsm_vars, last))
+    image_vecs.append(_image_vectors(sampler, damsm_vars, last))
     sent_vecs.append(out["sent"])
     class_ids += [it["class_id"] for it in items]
     as_uint8 = to_uint8(to_unit(last))
@@ -135,7 +135,12 @@ def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict,
   return result
 
 
-def _image_vectors(sampler: Sampler, image_fn, damsm_vars, images: np.ndarray) -> np.ndarray:
+@functools.partial(jax.jit, static_argnames=("damsm", "mesh"))
+def _global_vectors(variables: dict, images: jax.Array, *, damsm: Any, mesh: jax.sharding.Mesh) -> jax.Array:
+  return jax.lax.with_sharding_constraint(damsm.encode_image(variables, images)[1], parallel.replicated(mesh))
+
+
+def _image_vectors(sampler: Sampler, damsm_vars: dict, images: np.ndarray) -> np.ndarray:
   """DAMSM global vectors of a batch of generated images (padded to the sampler's batch, sharded)."""
   n = len(images)
   pad = sampler.batch_size - n
@@ -144,7 +149,7 @@ def _image_vectors(sampler: Sampler, image_fn, damsm_vars, images: np.ndarray) -
   p, count = jax.process_index(), jax.process_count()
   local = sampler.batch_size // count
   batch = parallel.global_batch({"x": images[p * local:(p + 1) * local]}, sampler.mesh)
-  return np.asarray(image_fn(damsm_vars, batch["x"]))[:n]
+  return np.asarray(_global_vectors(damsm_vars, batch["x"], damsm=sampler.damsm, mesh=sampler.mesh))[:n]
 
 
 def flat_scores(result: dict[str, Any], prefix: str) -> dict[str, float]:

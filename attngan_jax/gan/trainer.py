@@ -218,6 +218,12 @@ class GANTrainer:
         regions, glob = self.damsm.encode_image(damsm_vars, fakes[-1])
         damsm_inputs = {"regions": regions, "image_global": glob, "words": words, "sentence": sent,
                         "lengths": batch["length"], "class_ids": batch["class_id"]}
+        # The loss scores all B x B pairs: gather its (small) inputs on every device first. Left sharded, XLA puts
+        # all-gathers inside the conditionals of jnp.diagonal's transpose, and XLA:CPU may run two independent
+        # conditionals in different orders on different devices, which deadlocks their collectives (seen with 8
+        # fake devices).
+        if not jax.sharding.get_abstract_mesh().empty:  # under jax.set_mesh (the train loop, the tests)
+          damsm_inputs = jax.lax.with_sharding_constraint(damsm_inputs, jax.sharding.PartitionSpec())
       total, parts = losses.generator_loss(logits, mu, logvar, self.loss_cfg, damsm_inputs=damsm_inputs)
       return total, (parts, g_stats, d_stats)
 
@@ -283,21 +289,11 @@ class GANTrainLoop(TrainLoop):
     self.damsm_vars = jax.device_put(trainer.damsm.variables, parallel.replicated(self.mesh))
 
   def _compile(self, state: Any, batch: Any, shardings: Any) -> Callable:
-    batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-    damsm_shardings = jax.tree.map(lambda x: x.sharding, self.damsm_vars)
-    fast = bool(self.config.train.fast_compile)
-    options = parallel.run_once_compiler_options() if fast else None
-    out = (shardings, parallel.replicated(self.mesh))
     start = time.perf_counter()
-    compiled = []
-    for fn in (self.trainer.d_step, self.trainer.g_step):
-      jitted = jax.jit(fn, in_shardings=(shardings, damsm_shardings, batch_shardings), out_shardings=out,
-                       donate_argnums=0, compiler_options=options)
-      compiled.append(jitted.lower(state, self.damsm_vars, batch).compile())
+    d_step, g_step = compile_steps(self.trainer, state, self.damsm_vars, batch, shardings, self.mesh)
     self.compile_time_s = time.perf_counter() - start
     log.info("d_step and g_step compiled in %.2f s", self.compile_time_s)
     self.writer.write_scalars(self.start_step, {"perf/compile_time_s": self.compile_time_s})
-    d_step, g_step = compiled
     damsm_vars = self.damsm_vars
 
     def step(state, batch):
@@ -306,6 +302,20 @@ class GANTrainLoop(TrainLoop):
       return state, {**d_metrics, **g_metrics}
 
     return step
+
+
+def compile_steps(trainer: GANTrainer, state: GANState, damsm_vars: dict, batch: dict, shardings: Any,
+                  mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
+  """(d_step, g_step) compiled ahead of time for these arguments: the state donated, explicit input and output
+  shardings (state: `shardings`; metrics replicated); train.fast_compile selects XLA's cheap CPU settings."""
+  options = parallel.run_once_compiler_options() if trainer.config.train.fast_compile else None
+  in_shardings = (shardings, jax.tree.map(lambda x: x.sharding, damsm_vars), jax.tree.map(lambda x: x.sharding, batch))
+  compiled = []
+  for fn in (trainer.d_step, trainer.g_step):
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=(shardings, parallel.replicated(mesh)),
+                     donate_argnums=0, compiler_options=options)
+    compiled.append(jitted.lower(state, damsm_vars, batch).compile())
+  return compiled[0], compiled[1]
 
 
 def damsm_vocab_builder(config: ml_collections.ConfigDict, workdir: str) -> Callable:
