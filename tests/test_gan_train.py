@@ -98,6 +98,14 @@ def _tiny_trainer(tmp_path, overrides=()):
   return config, trainer, loader
 
 
+def _initial_state(trainer):
+  """The state at step 0, initialised as the train loop does it (a compile the persistent cache already holds)."""
+  mesh = parallel.create_mesh(None)
+  shardings = parallel.param_shardings(jax.eval_shape(trainer.init_state, jax.random.key(0)), mesh)
+  return jax.jit(trainer.init_state, out_shardings=shardings,
+                 compiler_options=parallel.run_once_compiler_options())(jax.random.key(0))
+
+
 def _run_steps(trainer, mesh, batches, init):
   """(d_step, g_step) pairs compiled as training compiles them (GANTrainLoop: donated state, explicit shardings)
   on `mesh`, from `init`; the host copies of the state after each pair and the last metrics."""
@@ -128,7 +136,7 @@ def test_sharded_steps_on_8_devices_equal_1_device_and_ema(tmp_path, fast_compil
   """BatchNorm statistics, losses and updates are those of the global batch, whatever the device count."""
   _, trainer, loader = _tiny_trainer(tmp_path)
   batches = [next(loader) for _ in range(2)]
-  init = jax.device_get(jax.jit(trainer.init_state)(jax.random.key(0)))
+  init = jax.device_get(_initial_state(trainer))
   one, m1 = _run_steps(trainer, parallel.create_mesh(devices=jax.devices()[:1]), batches, init)
   eight, m8 = _run_steps(trainer, parallel.create_mesh(None), batches, init)
   assert jax.device_count() == 8 and int(one[-1].step) == int(eight[-1].step) == 2
@@ -228,8 +236,13 @@ def test_bad_input_is_named(tiny_run, tmp_path):
     _tiny_trainer(tmp_path, ["data.image_sizes=(16, 64)"])
   with pytest.raises(ValueError, match="no DAMSM given"):
     _tiny_trainer(tmp_path, ["damsm.random_init=false"])
-  with pytest.raises(ValueError, match="model.embedding_dim=32"):
-    _tiny_trainer(tmp_path, ["model.embedding_dim=32"])
+  damsm_dir = os.path.join(workdir, "damsm")  # the run's exported (random, 16-d) DAMSM
+  with pytest.raises(ValueError, match="16-d features but model.embedding_dim=32: set model.embedding_dim=16"):
+    _tiny_trainer(tmp_path, ["damsm.random_init=false", "model.embedding_dim=32",
+                             f"damsm.text_encoder={damsm_dir}/text_encoder",
+                             f"damsm.image_encoder={damsm_dir}/image_encoder"])
+  with pytest.raises(FileNotFoundError, match="run python -m attngan_jax.pretrain_damsm with that workdir"):
+    _tiny_trainer(tmp_path, ["damsm.random_init=false", f"damsm.workdir={tmp_path}"])
   # A generator of another config than config.model (a converted netG, read with config.model, as evaluate
   # --generator does for reference generators).
   converted = tmp_path / "converted_generator"
@@ -241,3 +254,21 @@ def test_bad_input_is_named(tiny_run, tmp_path):
   other = load_config(CONFIG + ":tiny", ["model.gf_dim=8"])
   with pytest.raises(ValueError, match="gf_dim: file 4, config 8"):
     evaluate(other, workdir, generator=str(converted))
+
+
+@pytest.mark.parametrize("name, batch, lam, dims, words", [
+    ("birds", 20, 5.0, (32, 64, 2), 18),
+    ("coco", 14, 50.0, (48, 96, 3), 12),
+])
+def test_reference_configs(name, batch, lam, dims, words):
+  """attngan_birds / attngan_coco carry the reference ymls' values (REFERENCE.md table)."""
+  config = load_config(os.path.join(os.path.dirname(CONFIG), f"attngan_{name}.py"))
+  m = config.model
+  assert (config.train.batch_size, config.loss.damsm_lambda, (m.gf_dim, m.df_dim, m.r_num), m.words_num) == (
+      batch, lam, dims, words)
+  assert (m.branch_num, m.base_size, m.z_dim, m.condition_dim, m.embedding_dim) == (3, 64, 100, 100, 256)
+  assert tuple(config.data.image_sizes) == (64, 128, 256)
+  assert (config.loss.damsm.gamma1, config.loss.damsm.gamma2, config.loss.damsm.gamma3) == (4.0, 5.0, 10.0)
+  o = config.optimizer
+  assert (o.g_lr, o.d_lr, o.b1, o.b2) == (2e-4, 2e-4, 0.5, 0.999)
+  assert config.train.ema_decay == 0.999 and not config.train.ema_warmup and config.eval.num_images == 30_000

@@ -69,6 +69,17 @@ class FrozenDAMSM:
       raise ValueError(f"the DAMSM of {source} has text features of {self.embedding_dim} and image features of "
                        f"{image_model.embed_dim} dimensions: use a text and an image encoder trained together.")
 
+  # Equal when the encoders' architectures and the image size are (the weights are passed to the jitted
+  # functions, not captured): jitted functions taking a FrozenDAMSM as a static argument compile once for all.
+  def _key(self) -> tuple:
+    return (self.text_model, self.image_model, self.image_size)
+
+  def __hash__(self) -> int:
+    return hash(self._key())
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, FrozenDAMSM) and self._key() == other._key()
+
   # -- loading ---------------------------------------------------------------------------------------------
 
   @classmethod
