@@ -140,22 +140,20 @@ def test_sharded_steps_on_8_devices_equal_1_device_and_ema(tmp_path, fast_compil
   one, m1 = _run_steps(trainer, parallel.create_mesh(devices=jax.devices()[:1]), batches, init)
   eight, m8 = _run_steps(trainer, parallel.create_mesh(None), batches, init)
   assert jax.device_count() == 8 and int(one[-1].step) == int(eight[-1].step) == 2
-  # BatchNorm running statistics (the mean and variance of each global batch) agree to rounding.
-  for a, b in zip(jax.tree.leaves((one[-1].g_batch_stats, one[-1].d_batch_stats)),
-                  jax.tree.leaves((eight[-1].g_batch_stats, eight[-1].d_batch_stats)), strict=True):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
-  # Parameters, EMA and Adam moments: Adam normalises each gradient entry by its own running size, so an entry
-  # within rounding of 0 moves its parameter by a visible share of lr (2e-4) whatever its size; differences of
-  # reduction order show up there (measured: <= 3e-5 after 2 iterations), not in the losses.
-  worst = 0.0
-  for a, b in zip(jax.tree.leaves((one[-1].g_params, one[-1].d_params, one[-1].ema_params, one[-1].g_opt_state,
-                                   one[-1].d_opt_state)),
-                  jax.tree.leaves((eight[-1].g_params, eight[-1].d_params, eight[-1].ema_params,
-                                   eight[-1].g_opt_state, eight[-1].d_opt_state)), strict=True):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
-    worst = max(worst, float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))))
-  print(f"8 devices vs 1 after 2 iterations: max absolute difference of the parameters and moments {worst:.1e}")
-  np.testing.assert_allclose(m1["g_loss"], m8["g_loss"], rtol=1e-5)
+  # After one iteration the whole state agrees to rounding: parameters, EMA, BatchNorm statistics (the global
+  # batch's), and the Adam moments, which hold the gradients themselves (mu = 0.5 g, nu = 0.001 g^2).
+  fields = lambda s: (s.g_params, s.d_params, s.ema_params, s.g_batch_stats, s.d_batch_stats, s.g_opt_state,
+                      s.d_opt_state)
+  worst = _max_rel_diff(fields(one[1]), fields(eight[1]))
+  print(f"8 devices vs 1, one iteration: max relative difference over the state's arrays {worst:.1e}")
+  assert worst < 1e-4
+  # The second iteration starts from those rounding-level differences; Adam then moves a parameter whose
+  # gradient entry is near 0 by a share of lr whatever its size, so compare what the dynamics compute: the
+  # losses and the BatchNorm statistics.
+  for key in m1:
+    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4, err_msg=key)
+  assert _max_rel_diff((one[2].g_batch_stats, one[2].d_batch_stats),
+                       (eight[2].g_batch_stats, eight[2].d_batch_stats)) < 1e-4
   # The BatchNorm statistics moved (train mode) and the EMA follows ema_k = d * ema_{k-1} + (1 - d) * params_k
   # with the warm-up decay d = min(0.999, (1 + k - 1) / (10 + k - 1)) of the shapes configs.
   assert _max_rel_diff(one[0].g_batch_stats, one[1].g_batch_stats) > 0
