@@ -270,3 +270,39 @@ def test_reference_configs(name, batch, lam, dims, words):
   o = config.optimizer
   assert (o.g_lr, o.d_lr, o.b1, o.b2) == (2e-4, 2e-4, 0.5, 0.999)
   assert config.train.ema_decay == 0.999 and not config.train.ema_warmup and config.eval.num_images == 30_000
+
+
+class _FakeInception:
+  """Stands in for t2i_common.metrics' InceptionExtractor (same call: uint8 batch -> features): fixed random
+  projections of the pixels, so the test checks evaluate's plumbing, not an Inception."""
+
+  def __init__(self, output, dim):
+    self.output, self.backend = output, f"fake-{output}"
+    self.weights = np.random.default_rng(dim).normal(size=(32 * 32 * 3, dim)) / 300.0
+
+  def __call__(self, images):
+    x = np.asarray(images, np.float64).reshape(len(images), -1) / 255.0
+    return (x @ self.weights).astype(np.float32)
+
+
+def test_evaluate_inception_score_and_fid_wiring(tiny_run, monkeypatch):
+  from t2i_common.metrics import features
+  made = []
+
+  def from_converted(path, output, **kwargs):
+    made.append((path, output))
+    return _FakeInception(output, 10 if output == "class_scores" else 6)
+
+  monkeypatch.setattr(features.InceptionExtractor, "from_converted", staticmethod(from_converted))
+  config, workdir, _ = tiny_run
+  config = load_config(CONFIG + ":tiny", ["eval.inception_score.weights=IS_WEIGHTS", "eval.fid.weights=FID_WEIGHTS",
+                                          "eval.inception_score.splits=4"])
+  scored = evaluate(config, workdir)
+  assert made == [("IS_WEIGHTS", "class_scores"), ("FID_WEIGHTS", "pool")]
+  inception, fid = scored["inception_score"], scored["fid"]
+  assert inception["num_images"] == 24 and inception["splits"] == 4 and inception["inception_score"] >= 1.0
+  assert fid["num_images"] == 24 and fid["num_real_images"] == 16 and fid["fid"] >= 0 and fid["backend"] == "fake-pool"
+  assert os.path.isfile(fid["real_statistics"])  # cached per dataset, resolution and backend
+  assert any(line.startswith("FID ") and "24 images vs 16 real" in line for line in scored["summary"])
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert any("test/fid" in r and "test/inception_score" in r for r in records)
