@@ -306,3 +306,33 @@ def test_evaluate_inception_score_and_fid_wiring(tiny_run, monkeypatch):
   assert any(line.startswith("FID ") and "24 images vs 16 real" in line for line in scored["summary"])
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert any("test/fid" in r and "test/inception_score" in r for r in records)
+
+
+def test_sample_from_reference_generator_file(tiny_run, tmp_path, capsys):
+  """sample --generator with a reference netG_*.pth (the reference G_NET's state dict) or its convert_torch
+  directory, and a converted text encoder: both give the same images; the reference mask is the default."""
+  torch = pytest.importorskip("torch", reason="writes a reference netG file with PyTorch")
+  from attngan_jax import convert_torch
+  from helpers.attngan_torch import G_NET, TorchGanConfig
+  _, workdir, _ = tiny_run
+  torch.manual_seed(0)
+  net = G_NET(TorchGanConfig(gf_dim=4, r_num=1, branch_num=2, z_dim=8, condition_dim=8, embedding_dim=16))
+  pth = tmp_path / "netG_epoch_1.pth"
+  torch.save(net.state_dict(), pth)
+  converted = tmp_path / "netG_converted"
+  convert_torch.main(["--kind", "generator", "--src", str(pth), "--out", str(converted)])
+  text_encoder = os.path.join(workdir, "damsm", "text_encoder")
+  images = []
+  for source in (pth, converted):
+    out = tmp_path / f"out_{source.name}"
+    paths = sample.run(sample.build_parser().parse_args(
+        ["--generator", str(source), "--text_encoder", text_encoder, "--caption", "a red circle and a blue square",
+         "--seeds", "3", "--out", str(out)]))
+    assert "reference mask on" in capsys.readouterr().out
+    assert sorted(os.listdir(paths["images"])) == ["00_a_red_circle_and_a_blue_square_3_128px.png",
+                                                   "00_a_red_circle_and_a_blue_square_3_64px.png"]
+    assert os.path.isfile(paths["attention"]) and os.path.isfile(paths["grid"])
+    images.append(np.asarray(Image.open(os.path.join(paths["images"], sorted(os.listdir(paths["images"]))[0]))))
+  np.testing.assert_array_equal(images[0], images[1])
+  with pytest.raises(SystemExit, match="needs --text_encoder"):
+    sample.main(["--generator", str(pth), "--caption", "a red circle", "--out", str(tmp_path / "x")])
