@@ -12,6 +12,7 @@ score like the same samples written to disk) -> [0, 1] -> bilinear resize to 299
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -31,43 +32,51 @@ IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "w
 # Backend names reported with every figure: FID and IS depend on the network's weights and structure.
 BACKENDS = {"fid_inception": "pytorch-fid-inception (converted)",
             "inception": "torchvision-layout-inception-v3 (converted)"}
-OUTPUTS = ("pool", "logits", "logits_unbiased")
+# "pool": the 2048-d pool3 features (FID); "mixed_6e_pool": Mixed_6e averaged over space, 768-d (pytorch-fid's
+# --dims 768); "logits" / "logits_unbiased": class scores (the Inception score).
+OUTPUTS = ("pool", "mixed_6e_pool", "logits", "logits_unbiased")
 # The class scores the Inception score takes from each kind (from_converted's output="class_scores"): the fc output
 # without its bias for pytorch-fid's 1008-class TF graph (improved-gan's and torch-fidelity's choice), else logits.
 CLASS_SCORES = {"fid_inception": "logits_unbiased", "inception": "logits"}
 
 
+@functools.partial(jax.jit, static_argnames=("model", "output", "resolution", "mesh"))
+def _inception_output(variables: Any, images: jax.Array, *, model: Any, output: str, resolution: int,
+                      mesh: jax.sharding.Mesh) -> jax.Array:
+  # One compiled program per (model config, output, batch shape, mesh), shared by every extractor (Flax modules
+  # with equal fields are equal and hash alike), so the CLIs and tests that build several compile once.
+  # Full float32 convolutions: GPUs would otherwise use TF32 and TPUs bfloat16 passes (errors of ~1e-3 in the
+  # features); metrics must not depend on the accelerator. The Inception forward is cheap next to sampling.
+  with jax.default_matmul_precision("highest"):
+    out = model.apply(variables, fid_preprocess(images.astype(jnp.float32) / 255.0, resolution))
+  out["mixed_6e_pool"] = jnp.mean(out["mixed_6e"], axis=(1, 2))
+  if output not in out:
+    raise ValueError(f"the Inception has no {output!r} output (it returns {sorted(out)}): logits need a "
+                     "model converted with its fc layer (without --no-fc).")
+  return jax.lax.with_sharding_constraint(out[output], parallel.replicated(mesh))
+
+
 class InceptionExtractor:
   """Batches of images -> one Inception output per image (float32 numpy).
 
-  apply_fn(variables, x) -> dict of outputs, x: float [B, 299, 299, 3] in [-1, 1] (e.g. InceptionV3.apply).
-  output: "pool" (2048-d pool3 features: FID), "logits" or "logits_unbiased" (the Inception score).
+  model: a Flax module whose apply(variables, x) returns a dict of outputs for x float [B, 299, 299, 3] in
+  [-1, 1] (attngan_jax.inception.InceptionV3).
+  output: one of OUTPUTS.
   batch_size: images per jitted call, a multiple of the mesh size; the last batch is padded (one compiled shape).
   backend: the name reported with figures computed from these features.
   Arrays passed in must be the same on every process (each process feeds its slice of each batch).
   """
 
-  def __init__(self, apply_fn: Callable, variables: Any, output: str = "pool", *, backend: str,
-               batch_size: int = 50, resolution: int = 299, mesh: Optional[jax.sharding.Mesh] = None,
-               compiler_options: Optional[dict] = None):
+  def __init__(self, model: Any, variables: Any, output: str = "pool", *, backend: str,
+               batch_size: int = 50, resolution: int = 299, mesh: Optional[jax.sharding.Mesh] = None):
     if output not in OUTPUTS:
       raise ValueError(f"unknown Inception output {output!r}; choose one of {OUTPUTS}.")
     self.mesh = mesh if mesh is not None else parallel.create_mesh(None)
     if batch_size < 1 or batch_size % self.mesh.size:
       raise ValueError(f"batch_size={batch_size} must be a positive multiple of the mesh size {self.mesh.size}.")
     self.output, self.backend, self.batch_size, self.resolution = output, backend, batch_size, resolution
-    replicated = parallel.replicated(self.mesh)
-    self.variables = jax.device_put(variables, replicated)
-
-    def run(v, images):
-      x = fid_preprocess(images.astype(jnp.float32) / 255.0, resolution)
-      out = apply_fn(v, x)
-      if output not in out:
-        raise ValueError(f"the Inception has no {output!r} output (it returns {sorted(out)}): logits need a "
-                         "model converted with its fc layer (without --no-fc).")
-      return out[output]
-
-    self._run = jax.jit(run, out_shardings=replicated, compiler_options=compiler_options)
+    self.model = model
+    self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
 
   @classmethod
   def from_converted(cls, path: str, output: str = "pool", *, transform_input: bool = False,
@@ -78,7 +87,7 @@ class InceptionExtractor:
 
     transform_input: torchvision's ImageNet weights expect ImageNet normalisation (torchvision's
     transform_input=True); pytorch-fid's weights and TF-slim fine-tuned models take [-1, 1] as they are.
-    kwargs: batch_size, mesh, compiler_options.
+    kwargs: batch_size, mesh, resolution.
     """
     from attngan_jax import convert_torch
     config_path = os.path.join(path, convert_torch.CONFIG_FILE)
@@ -99,7 +108,9 @@ class InceptionExtractor:
     if transform_input:
       model = model.clone(transform_input=True)
     backend = BACKENDS[kind] + (" with ImageNet input transform" if transform_input else "")
-    return cls(model.apply, variables, output, backend=backend, **kwargs)
+    if output == "mixed_6e_pool":  # FID of other features is another metric: say so wherever it is reported
+      backend += ", 768-d Mixed_6e features"
+    return cls(model, variables, output, backend=backend, **kwargs)
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """[n, H, W, 3] uint8 (or float in [0, 1]) -> [n, D] float32, any n >= 1, in batches of batch_size."""
@@ -115,7 +126,9 @@ class InceptionExtractor:
       if n < self.batch_size:  # pad with copies of the last image; their outputs are dropped below
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
       batch = parallel.global_batch({"image": chunk[p * local:(p + 1) * local]}, self.mesh)
-      out.append(np.asarray(self._run(self.variables, batch["image"]))[:n])
+      feats = _inception_output(self.variables, batch["image"], model=self.model, output=self.output,
+                                resolution=self.resolution, mesh=self.mesh)
+      out.append(np.asarray(feats)[:n])
     return np.concatenate(out)
 
 

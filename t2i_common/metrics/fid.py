@@ -6,6 +6,8 @@ mean, S the unbiased covariance (np.cov). The matrix root is scipy.linalg.sqrtm 
 fallbacks: a non-finite root is recomputed with eps (1e-6) added to both diagonals, and a complex root is
 accepted (real part) only if the imaginary parts of its diagonal are within 1e-3 of 0.
 
+Cost: scipy's sqrtm of a 2048 x 2048 product takes about 40 s of one CPU core, whatever N.
+
 FID depends on the network and on N (it is biased upwards for small N): every result carries both,
 {"fid", "backend", "num_images", "num_real_images"}, and `summary` prints them with the figure.
 
@@ -14,6 +16,7 @@ backend) under a name built from the dataset, the resolution and the backend (`r
 
 CLI:
   python -m t2i_common.metrics.fid --real DIR_OR_NPZ --fake DIR --weights CONVERTED_DIR [--batch-size 50]
+      [--dims 2048|768] [--out result.json]
   python -m t2i_common.metrics.fid --real DIR --save-stats OUT.npz --weights CONVERTED_DIR
 CONVERTED_DIR: python -m attngan_jax.convert_torch --kind fid_inception --src pt_inception-2015-12-05-6726825d.pth
 """
@@ -169,13 +172,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   parser.add_argument("--weights", required=True, help="converted Inception directory (attngan_jax.convert_torch "
                                                        "--kind fid_inception)")
   parser.add_argument("--batch-size", type=int, default=50, help="rounded up to a multiple of the device count")
+  parser.add_argument("--dims", type=int, choices=(2048, 768), default=2048,
+                      help="features: 2048 pool3 (the FID), 768 Mixed_6e averaged (pytorch-fid's --dims 768)")
   parser.add_argument("--save-stats", default=None, help="write the statistics of --real to this .npz and stop")
   parser.add_argument("--out", default=None, help="also write the result as JSON here")
   args = parser.parse_args(argv)
   if (args.fake is None) == (args.save_stats is None):
     parser.error("give either --fake (compute FID) or --save-stats (write the statistics of --real).")
   args.batch_size = -(-args.batch_size // jax.device_count()) * jax.device_count()
-  extractor = InceptionExtractor.from_converted(args.weights, "pool", batch_size=args.batch_size)
+  extractor = InceptionExtractor.from_converted(args.weights, "pool" if args.dims == 2048 else "mixed_6e_pool",
+                                                batch_size=args.batch_size)
   if args.save_stats:
     if args.real.endswith(".npz"):
       parser.error("--save-stats needs a folder of images as --real.")

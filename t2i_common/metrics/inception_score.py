@@ -63,7 +63,7 @@ def inception_score(logits_or_probs: np.ndarray, splits: int = 10, *, from_logit
     part, log_part = p[i * n // splits:(i + 1) * n // splits], log_p[i * n // splits:(i + 1) * n // splits]
     log_q = np.log(part.mean(axis=0, keepdims=True))
     # 0 * log 0 = 0: a class with p(y|x) = 0 adds nothing (probability inputs may hold exact zeros).
-    kl = np.where(part > 0, part * (log_part - log_q), 0.0).sum(axis=1)
+    kl = (part * np.where(part > 0, log_part - log_q, 0.0)).sum(axis=1)
     scores.append(math.exp(kl.mean()))
   return {"inception_score": float(np.mean(scores)), "inception_score_std": float(np.std(scores)),
           "split_scores": [float(s) for s in scores], "splits": int(splits), "num_images": int(n)}

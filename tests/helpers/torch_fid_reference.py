@@ -77,8 +77,10 @@ def _randomise(model, seed: int) -> None:
       m.running_var.data = 0.5 + torch.rand(c, generator=g)
 
 
-def pytorch_fid_models(seed: int = 0):
-  """(pytorch-fid's InceptionV3([3]) in eval mode, the fid_inception_v3() module under it) with random weights.
+def pytorch_fid_models(seed: int = 0, output_blocks=(3,)):
+  """(pytorch-fid's InceptionV3(output_blocks) in eval mode, the fid_inception_v3() module under it), random weights.
+
+  output_blocks: pytorch-fid's block indices (3: 2048-d pool3, 2: the 768-channel Mixed_6e map).
 
   pytorch-fid's constructor downloads the FID weights inside fid_inception_v3(); here its download function
   returns the freshly built network's own state dict instead (so its strict load_state_dict passes), and the
@@ -96,7 +98,7 @@ def pytorch_fid_models(seed: int = 0):
   inception._inception_v3 = record
   inception.load_state_dict_from_url = lambda *args, **kwargs: built[-1].state_dict()
   try:
-    model = inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    model = inception.InceptionV3(list(output_blocks))
   finally:
     inception._inception_v3, inception.load_state_dict_from_url = original_builder, original_download
   (inner,) = built
