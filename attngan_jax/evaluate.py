@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import ml_collections
@@ -64,18 +64,25 @@ def load_generator_and_damsm(config: ml_collections.ConfigDict, workdir: str, ge
   return gen, variables, load_damsm(config, workdir), int(config.model.words_num), 0
 
 
-def _real_batches(config: ml_collections.ConfigDict, size: int) -> Callable[[], Iterator[np.ndarray]]:
-  """The test split's real images at `size` px as uint8 batches (every process reads all of them)."""
-  from t2i_common.data.loader import iterate_eval
-  from t2i_common.logging import to_uint8
+class _RealBatches:
+  """The test split's real images at `size` px as uint8 batches (every process reads all of them); len() is the
+  number of images (the feature progress bar's total)."""
 
-  def batches():
-    data = config.data
-    key = "image" if len(data.image_sizes) == 1 else f"image_{size}"
-    for batch in iterate_eval(data, "test", int(config.eval.batch_size), seed=int(config.eval.seed),
+  def __init__(self, config: ml_collections.ConfigDict, size: int):
+    self.config, self.size = config, size
+
+  def __len__(self) -> int:
+    from t2i_common.data.loader import make_source
+    return len(make_source(self.config.data, "test"))
+
+  def __iter__(self) -> Iterator[np.ndarray]:
+    from t2i_common.data.loader import iterate_eval
+    from t2i_common.logging import to_uint8
+    data = self.config.data
+    key = "image" if len(data.image_sizes) == 1 else f"image_{self.size}"
+    for batch in iterate_eval(data, "test", int(self.config.eval.batch_size), seed=int(self.config.eval.seed),
                               process_index=0, process_count=1):
       yield to_uint8((np.asarray(batch[key])[batch["mask"]] + 1.0) / 2.0)
-  return batches
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, generator: Optional[str] = None,
@@ -95,18 +102,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, generator: Opti
   n = int(num_images or ev.num_images)
   gen, variables, damsm, words_num, step = load_generator_and_damsm(config, workdir, generator)
   size = gen.image_sizes[-1]
+  sampler = Sampler(gen, variables, damsm, words_num, mesh=mesh, batch_size=int(ev.batch_size))
+  batch = sampler.batch_size  # eval.batch_size rounded up to a multiple of the mesh size
   feature_fns, extractors = {}, {}
   if ev.inception_score.weights or ev.fid.weights:
     from t2i_common.metrics.features import InceptionExtractor
     if ev.inception_score.weights:
       extractors["inception_score"] = InceptionExtractor.from_converted(
           ev.inception_score.weights, "class_scores", transform_input=bool(ev.inception_score.transform_input),
-          batch_size=int(ev.batch_size), mesh=mesh)
+          batch_size=batch, mesh=mesh)
     if ev.fid.weights:
-      extractors["fid"] = InceptionExtractor.from_converted(ev.fid.weights, "pool", batch_size=int(ev.batch_size),
-                                                           mesh=mesh)
+      extractors["fid"] = InceptionExtractor.from_converted(ev.fid.weights, "pool", batch_size=batch, mesh=mesh)
     feature_fns = dict(extractors)
-  sampler = Sampler(gen, variables, damsm, words_num, mesh=mesh, batch_size=int(ev.batch_size))
   log.info("generating %d images from %s test captions (%d stage(s), %d px)", n, config.data.name,
            len(gen.image_sizes), size)
   result = evaluate_generator(sampler, config.data, ev, num_images=n, feature_fns=feature_fns)
@@ -123,8 +130,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, generator: Opti
     from t2i_common.metrics import fid as fid_lib
     mu, sigma = fid_lib.activation_statistics(features["fid"])
     fake = {"mu": mu, "sigma": sigma, "num_images": len(features["fid"]), "backend": extractors["fid"].backend}
-    real = fid_lib.real_statistics(f"{config.data.name}-test", size, _real_batches(config, size), extractors["fid"],
-                                   ev.fid.cache_dir or os.path.join(workdir, "eval"))
+    real = fid_lib.real_statistics(f"{config.data.name}-test", size, lambda: _RealBatches(config, size),
+                                   extractors["fid"], ev.fid.cache_dir or os.path.join(workdir, "eval"))
     result["fid"] = dict(fid_lib.fid_from_statistics(fake, real), real_statistics=real["path"])
     summaries.append(fid_lib.summary(result["fid"]))
   if "oracle" in result:

@@ -162,9 +162,9 @@ def run(args: argparse.Namespace) -> dict[str, str]:
     words = [sampler.words(enc["tokens"][index[k]], enc["length"][index[k]]) for k in range(len(rows))]
     paths["attention"] = os.path.join(args.out, "attention.png")
     Image.fromarray(attention_figure(out["images"], out["maps"], words, k=args.top_k)).save(paths["attention"])
-  print(f"wrote {len(written)} image(s) to {os.path.abspath(paths['images'])}, the grid {os.path.abspath(paths['grid'])}"
-        + (f" and the attention figure {os.path.abspath(paths['attention'])}" if "attention" in paths else
-           " (one stage: no attention figure)"))
+  print(f"wrote {len(written)} image(s) to {os.path.abspath(paths['images'])}, the grid "
+        f"{os.path.abspath(paths['grid'])}" + (f" and the attention figure {os.path.abspath(paths['attention'])}"
+                                               if "attention" in paths else " (one stage: no attention figure)"))
   return paths
 
 
