@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import fmt as _fmt, machine, median as _median, peak_rss_gib as _peak_rss_gib, run_child, timed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red cat sitting on a bench"
@@ -79,14 +79,6 @@ def write_folder(name: str, workdir: str) -> str:
   return folder
 
 
-def _peak_rss_gib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
-
-
-def _median(xs):
-  return sorted(xs)[len(xs) // 2]
-
-
 def bench_torch(folder: str, steps: int, repeats: int, device: str) -> dict:
   import torch
   from diffusers import StableDiffusionPipeline
@@ -110,11 +102,7 @@ def bench_torch(folder: str, steps: int, repeats: int, device: str) -> dict:
     return res
 
   one_step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    one_step()
-    times.append(time.perf_counter() - start)
+  times = timed(one_step, repeats)
 
   def sample():
     return pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, output_type="np",
@@ -152,11 +140,7 @@ def bench_jax(folder: str, steps: int, repeats: int) -> dict:
   step_fn = jax.jit(one_step).lower(params, latents, emb, state).compile()
   step_compile = time.perf_counter() - start
   jax.block_until_ready(step_fn(params, latents, emb, state))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step_fn(params, latents, emb, state))
-    times.append(time.perf_counter() - start)
+  times = timed(lambda: jax.block_until_ready(step_fn(params, latents, emb, state)), repeats)
   del step_fn
   pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, seeds=[0])  # compiles, then runs once
   compile_s = pipe.last_timings["compile_s"]
@@ -173,28 +157,7 @@ def _run_side(side: str, folder: str, args: argparse.Namespace) -> dict:
   """Runs one side in a fresh process (clean peak memory, no shared allocator state)."""
   cmd = [sys.executable, os.path.abspath(__file__), "--_side", side, "--_folder", folder, "--steps",
          str(args.steps), "--repeats", str(args.repeats), "--torch_device", args.torch_device]
-  res = subprocess.run(cmd, capture_output=True, text=True)
-  if res.returncode != 0:
-    raise SystemExit(f"{side} side failed:\n{res.stderr[-4000:]}")
-  return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def _fmt(x, spec=".3f"):
-  return "-" if x is None else format(x, spec)
-
-
-def machine() -> str:
-  import jax
-  import torch
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; jax {jax.__version__} ({jax.default_backend()}), "
-          f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
+  return run_child(cmd, side)
 
 
 def main(argv=None) -> None:
