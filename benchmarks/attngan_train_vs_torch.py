@@ -25,7 +25,7 @@ Measured per side, each in its own subprocess (clean peak memory, no shared thre
 - first iter s: the first iteration (JAX: after compiling; PyTorch: allocator and lazy initialisations);
 - D s / G s / iter s: the D part (text encoder, G forward, D updates), the G part (PyTorch: G loss, backward,
   step, EMA; JAX: g_step) and the whole iteration, medians of --repeats iterations after the first;
-- peak RSS: the process's peak resident memory (resource.getrusage), imports, init and compile included;
+- peak RSS: the process's peak resident memory (VmHWM: _measure.peak_rss_gib), imports, init and compile included;
   RSS after imports: the same before any model is built (the PyTorch side imports jax through the test helpers).
 
 Configs:

@@ -11,7 +11,7 @@ subprocess so peak memory is that side's alone:
   warm-up); for JAX the jit compile time is reported apart;
 - a whole sampling call (--steps DDIM steps + VAE decode; text encoding included), after a warm-up call;
   for JAX the compile of the whole sampler is reported apart;
-- peak memory: process peak RSS on CPU (resource.getrusage), device peak bytes on GPU.
+- peak memory: process peak RSS on CPU (_measure.peak_rss_gib: VmHWM), device peak bytes on GPU.
 The SD-1.x architecture is 512 x 512 images (64 x 64 latents), UNet (320, 640, 1280, 1280), CLIP ViT-L text.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _measure import fmt as _fmt, machine, median as _median, peak_rss_gib as _peak_rss_gib, run_child, timed  # noqa: E402
+from _measure import fmt, machine, median, peak_rss_gib, run_child, timed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red cat sitting on a bench"
@@ -112,8 +112,8 @@ def bench_torch(folder: str, steps: int, repeats: int, device: str) -> dict:
   start = time.perf_counter()
   sample()
   run = time.perf_counter() - start
-  out = {"step_compile_s": None, "step_s": _median(times), "sample_compile_s": None, "sample_s": run,
-         "peak_rss_gib": _peak_rss_gib()}
+  out = {"step_compile_s": None, "step_s": median(times), "sample_compile_s": None, "sample_s": run,
+         "peak_rss_gib": peak_rss_gib()}
   if device == "cuda":
     out["device_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
   return out
@@ -145,8 +145,8 @@ def bench_jax(folder: str, steps: int, repeats: int) -> dict:
   pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, seeds=[0])  # compiles, then runs once
   compile_s = pipe.last_timings["compile_s"]
   pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, seeds=[0])
-  out = {"step_compile_s": step_compile, "step_s": _median(times), "sample_compile_s": compile_s,
-         "sample_s": pipe.last_timings["run_s"], "peak_rss_gib": _peak_rss_gib()}
+  out = {"step_compile_s": step_compile, "step_s": median(times), "sample_compile_s": compile_s,
+         "sample_s": pipe.last_timings["run_s"], "peak_rss_gib": peak_rss_gib()}
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
     out["device_peak_gib"] = stats["peak_bytes_in_use"] / 2**30
@@ -198,12 +198,12 @@ def main(argv=None) -> None:
   for name, steps, res in rows:
     for side in ("diffusers", "diffusion_jax"):
       r = res[side]
-      print(f"| {name} | {steps} | {side} | {_fmt(r['step_compile_s'], '.1f')} | {_fmt(r['step_s'])} | "
-            f"{_fmt(r['sample_compile_s'], '.1f')} | {_fmt(r['sample_s'])} | {steps / r['sample_s']:.3g} | "
-            f"{_fmt(r.get(mem_key), '.2f')} |")
+      print(f"| {name} | {steps} | {side} | {fmt(r['step_compile_s'], '.1f')} | {fmt(r['step_s'])} | "
+            f"{fmt(r['sample_compile_s'], '.1f')} | {fmt(r['sample_s'])} | {steps / r['sample_s']:.3g} | "
+            f"{fmt(r.get(mem_key), '.2f')} |")
     d, j = res["diffusers"], res["diffusion_jax"]
     print(f"| {name} | {steps} | ratio jax/diffusers | | {j['step_s'] / d['step_s']:.2f} | | "
-          f"{j['sample_s'] / d['sample_s']:.2f} | | {_fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
+          f"{j['sample_s'] / d['sample_s']:.2f} | | {fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
 
 
 if __name__ == "__main__":
