@@ -25,8 +25,9 @@ Measured per side, each in its own subprocess (clean peak memory, no shared thre
 - first iter s: the first iteration (JAX: after compiling; PyTorch: allocator and lazy initialisations);
 - D s / G s / iter s: the D part (text encoder, G forward, D updates), the G part (PyTorch: G loss, backward,
   step, EMA; JAX: g_step) and the whole iteration, medians of --repeats iterations after the first;
-- peak RSS: the process's peak resident memory (VmHWM: _measure.peak_rss_gib), imports, init and compile included;
-  RSS after imports: the same before any model is built (the PyTorch side imports jax through the test helpers).
+- peak RSS: the process's peak resident memory (VmHWM, _measure.peak_rss_gib), imports, init and compile
+  included; RSS after imports: the same before any model is built (the PyTorch side imports jax through the
+  test helpers).
 
 Configs:
 - birds: the reference bird_attn2.yml GAN (gf_dim 32, df_dim 64, r_num 2, stages 64/128/256, words_num 18,
