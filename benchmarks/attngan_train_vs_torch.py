@@ -4,6 +4,7 @@
     python benchmarks/attngan_train_vs_torch.py --quick                # same configs at batch 4, one timed iteration
     python benchmarks/attngan_train_vs_torch.py --configs tiny --quick # seconds: the smoke test's run
     python benchmarks/attngan_train_vs_torch.py --configs birds --repeats 5 --out birds.json
+    python benchmarks/attngan_train_vs_torch.py --configs shapes --torch_threads 1  # on a machine loaded by others
 
 One iteration is what the reference's condGANTrainer.train does per batch (data loading excluded: the same
 random batch every iteration): the frozen DAMSM text encoder on the captions; the generator forward in train
@@ -310,8 +311,10 @@ def _torch_models(spec: dict):
   return net_g, nets_d, text_encoder, image_encoder
 
 
-def bench_torch(spec: dict, repeats: int) -> dict:
+def bench_torch(spec: dict, repeats: int, threads: int | None = None) -> dict:
   import torch
+  if threads:
+    torch.set_num_threads(threads)
   sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
   sys.path.insert(0, os.path.join(ROOT, "tests"))
   from attngan_torch_losses import reference_discriminator_loss, reference_generator_loss, reference_kl_loss
@@ -374,10 +377,12 @@ def bench_torch(spec: dict, repeats: int) -> dict:
 
 # -------------------------------------------------------------------------------------------------- parent
 
-def _run_side(side: str, spec: dict, repeats: int) -> dict:
+def _run_side(side: str, spec: dict, repeats: int, torch_threads: int | None = None) -> dict:
   """One side in a fresh process (its own peak memory); the JAX side on the CPU, where the PyTorch side runs."""
   cmd = [sys.executable, os.path.abspath(__file__), "--_side", side, "--_spec", json.dumps(spec),
          "--repeats", str(repeats)]
+  if side == "torch" and torch_threads:
+    cmd += ["--torch_threads", str(torch_threads)]
   return run_child(cmd, side, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
@@ -403,14 +408,18 @@ def main(argv=None) -> None:
   p.add_argument("--batch", type=int, default=None, help="batch size of every config (default: the config's; "
                  "birds 20, shapes 16, tiny 8; --quick: 4)")
   p.add_argument("--repeats", type=int, default=None, help="timed iterations after the first (default 3; --quick 1)")
+  p.add_argument("--torch_threads", type=int, default=None,
+                 help="PyTorch intra-op threads (default: PyTorch's, one per core). On a machine loaded by other "
+                 "jobs 1 avoids the thread barriers that then dominate PyTorch's many small ops")
   p.add_argument("--out", default=None, help="write the figures as JSON here")
   p.add_argument("--_side", choices=SIDES, help=argparse.SUPPRESS)
   p.add_argument("--_spec", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   repeats = args.repeats or (1 if args.quick else 3)
   if args._side:  # child process: one side's measurement, JSON on the last stdout line
-    fn = bench_torch if args._side == "torch" else bench_jax
-    print(json.dumps(fn(json.loads(args._spec), repeats)))
+    spec = json.loads(args._spec)
+    res = bench_torch(spec, repeats, args.torch_threads) if args._side == "torch" else bench_jax(spec, repeats)
+    print(json.dumps(res))
     return
   batch = args.batch or (4 if args.quick else None)
   if batch is not None and batch < 2:
@@ -424,7 +433,7 @@ def main(argv=None) -> None:
   rows, start = [], time.perf_counter()
   for name in names:
     spec = side_spec(name, batch)
-    res = {side: _run_side(side, spec, repeats) for side in SIDES}
+    res = {side: _run_side(side, spec, repeats, args.torch_threads) for side in SIDES}
     t, j = res["torch"], res["attngan_jax"]
     if (t["g_params"], t["d_params"]) != (j["g_params"], j["d_params"]):
       raise SystemExit(f"{name}: the two sides' models differ: G {t['g_params']:,} vs {j['g_params']:,} parameters, "
