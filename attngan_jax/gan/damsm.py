@@ -60,22 +60,34 @@ class FrozenDAMSM:
   bilinearly); None for the Inception encoder, which resizes to 299 itself.
   """
 
-  def __init__(self, text_model: TextEncoder, image_model: ImageEncoder, variables: dict, vocab: Vocabulary, *,
-               image_size: Optional[int], source: str):
+  def __init__(self, text_model: TextEncoder, image_model: Optional[ImageEncoder], variables: dict,
+               vocab: Vocabulary, *, image_size: Optional[int], source: str):
     self.text_model, self.image_model, self.variables, self.vocab = text_model, image_model, variables, vocab
     self.image_size, self.source = image_size, source
     self.embedding_dim = int(text_model.output_dim)
-    if int(image_model.embed_dim) != self.embedding_dim:
+    if image_model is not None and int(image_model.embed_dim) != self.embedding_dim:
       raise ValueError(f"the DAMSM of {source} has text features of {self.embedding_dim} and image features of "
                        f"{image_model.embed_dim} dimensions: use a text and an image encoder trained together.")
+
+  # Equal when the encoders' architectures and the image size are (the weights are passed to the jitted
+  # functions, not captured): jitted functions taking a FrozenDAMSM as a static argument compile once for all.
+  def _key(self) -> tuple:
+    return (self.text_model, self.image_model, self.image_size)
+
+  def __hash__(self) -> int:
+    return hash(self._key())
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, FrozenDAMSM) and self._key() == other._key()
 
   # -- loading ---------------------------------------------------------------------------------------------
 
   @classmethod
-  def from_dirs(cls, text_dir: str, image_dir: str, vocab_file: str = "") -> "FrozenDAMSM":
-    """From converted / exported encoder directories (attngan_jax.convert_torch format)."""
+  def from_dirs(cls, text_dir: str, image_dir: Optional[str], vocab_file: str = "") -> "FrozenDAMSM":
+    """From converted / exported encoder directories (attngan_jax.convert_torch format). Without an image
+    encoder (image_dir None) only the text side works: enough for sampling."""
     text_model, text_vars, vocab = convert_torch.load_text_encoder(text_dir)
-    image_model, image_vars = convert_torch.load_image_encoder(image_dir)
+    image_model, image_vars = convert_torch.load_image_encoder(image_dir) if image_dir else (None, None)
     if vocab_file:
       vocab = (Vocabulary.from_captions_pickle(vocab_file)[0] if vocab_file.endswith((".pickle", ".pkl"))
                else Vocabulary.load_json(vocab_file))
@@ -86,10 +98,11 @@ class FrozenDAMSM:
       raise ValueError(f"the vocabulary has {len(vocab)} words but the text encoder in {text_dir!r} "
                        f"{text_model.n_words}: use the vocabulary of the same DAMSM.")
     image_size = None
-    if image_model.backbone != "inception_v3":
+    if image_model is not None and image_model.backbone != "inception_v3":
       image_size = _read_json(os.path.join(image_dir, convert_torch.CONFIG_FILE)).get("image_size")
-    return cls(text_model, image_model, {"text": text_vars, "image": image_vars}, vocab,
-               image_size=int(image_size) if image_size else None, source=f"{text_dir!r} + {image_dir!r}")
+    variables = {"text": text_vars} if image_model is None else {"text": text_vars, "image": image_vars}
+    return cls(text_model, image_model, variables, vocab, image_size=int(image_size) if image_size else None,
+               source=f"{text_dir!r} + {image_dir!r}" if image_dir else repr(text_dir))
 
   @classmethod
   def random(cls, vocab: Vocabulary, embedding_dim: int, cfg: ml_collections.ConfigDict,
@@ -100,8 +113,9 @@ class FrozenDAMSM:
                                small_cnn_width=int(cfg.small_cnn_width))
     k_text, k_image = jax.random.split(rbg_key(jax.random.key(seed)))
     size = int(cfg.image_size)
-    text_vars = text_model.init(k_text, jnp.zeros((1, 2), jnp.int32), jnp.ones((1,), jnp.int32))
-    image_vars = image_model.init(k_image, jnp.zeros((1, size, size, 3), jnp.float32))
+    init = jax.jit(lambda kt, ki: (text_model.init(kt, jnp.zeros((1, 2), jnp.int32), jnp.ones((1,), jnp.int32)),
+                                   image_model.init(ki, jnp.zeros((1, size, size, 3), jnp.float32))))
+    text_vars, image_vars = init(k_text, k_image)
     return cls(text_model, image_model, {"text": text_vars, "image": image_vars}, vocab, image_size=size,
                source="random initialisation")
 
@@ -164,6 +178,8 @@ class FrozenDAMSM:
 
   def encode_image(self, variables: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(regions [B, h, w, D], global [B, D]) of images in [-1, 1]; gradients flow to the images only."""
+    if self.image_model is None:
+      raise ValueError(f"the DAMSM of {self.source} was loaded without its image encoder.")
     if self.image_size and images.shape[1:3] != (self.image_size, self.image_size):
       images = jax.image.resize(images, (images.shape[0], self.image_size, self.image_size, 3), "bilinear",
                                 antialias=True)

@@ -16,8 +16,9 @@ for the grid.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import ml_collections
@@ -42,6 +43,13 @@ def eval_config(num_images: int = 30_000, batch_size: int = 50) -> ml_collection
       "r_precision": r_precision_config(),
       "every_steps": 0,            # > 0: evaluate during training on hook_num_images images (eval/* scalars)
       "hook_num_images": 500,
+      # The evaluate command only. Inception score: a converted Inception with its classifier (python -m
+      # attngan_jax.convert_torch --kind inception for StackGAN's CUB-fine-tuned or torchvision's ImageNet one,
+      # --kind fid_inception for pytorch-fid's); "" skips it.
+      "inception_score": ml_collections.ConfigDict({"weights": "", "splits": 10, "transform_input": False}),
+      # FID against the real test images: pytorch-fid's Inception converted with --kind fid_inception; "" skips
+      # it. Real statistics are cached per dataset, resolution and backend in cache_dir ("" = <workdir>/eval).
+      "fid": ml_collections.ConfigDict({"weights": "", "cache_dir": ""}),
   })
 
 
@@ -62,17 +70,23 @@ def test_captions(data_config: ml_collections.ConfigDict, num: int, seed: int = 
 
 
 def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict,
-                       *, num_images: int, show_progress: bool = True) -> dict[str, Any]:
+                       *, num_images: int, show_progress: bool = True,
+                       feature_fns: Optional[dict[str, Callable[[np.ndarray], np.ndarray]]] = None
+                       ) -> dict[str, Any]:
   """Scores (module docstring); returns {"r_precision", "r_precision_std", ..., "oracle": {...} on shapes,
-  "grid": {"images": uint8 last-stage images, "captions"}, "num_images"}."""
+  "grid": {"images": uint8 last-stage images, "captions"}, "num_images"}.
+
+  feature_fns: name -> function of a uint8 batch of last-stage images giving per-image features (e.g. an
+  Inception extractor for IS / FID); their outputs for all images come back as result["features"][name].
+  """
   if num_images < 2:
     raise ValueError(f"evaluation needs at least 2 images, got num_images={num_images}.")
   rp = cfg.r_precision
   mismatch = int(rp.num_mismatch)
-  image_fn = jax.jit(lambda v, x: sampler.damsm.encode_image(v, x)[1], out_shardings=parallel.replicated(sampler.mesh))
-  damsm_vars = sampler.variables["damsm"]
+  damsm_vars = jax.device_put(sampler.damsm.variables, parallel.replicated(sampler.mesh))
   image_vecs, sent_vecs, class_ids, objects, uint8_last = [], [], [], [], []
   grid_images, grid_captions = [], []
+  features: dict[str, list[np.ndarray]] = {name: [] for name in (feature_fns or {})}
   stream = test_captions(data_config, num_images, int(cfg.seed))
   bar = progress(num_images, desc="generate", enabled=show_progress)
   done = 0
@@ -82,13 +96,15 @@ def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict,
     seeds = list(range(int(cfg.seed) + done, int(cfg.seed) + done + len(items)))
     out = sampler.generate(captions, seeds, text_seed=int(cfg.seed) + done)
     last = out["images"][-1]
-    image_vecs.append(_image_vectors(sampler, image_fn, damsm_vars, last))
+    image_vecs.append(_image_vectors(sampler, damsm_vars, last))
     sent_vecs.append(out["sent"])
     class_ids += [it["class_id"] for it in items]
     as_uint8 = to_uint8(to_unit(last))
     if items[0]["objects"] is not None:
       objects += [it["objects"] for it in items]
       uint8_last.append(as_uint8)
+    for name, fn in (feature_fns or {}).items():
+      features[name].append(np.asarray(fn(as_uint8)))
     keep = max(0, int(cfg.grid_images) - len(grid_images))
     grid_images += list(as_uint8[:keep])
     grid_captions += captions[:keep]
@@ -114,10 +130,17 @@ def evaluate_generator(sampler: Sampler, data_config: ml_collections.ConfigDict,
     result["oracle"] = score(list(np.concatenate(uint8_last)), objects,
                              holdout=parse_holdout(data_config.shapes.holdout))
   result["grid"] = {"images": np.stack(grid_images), "captions": grid_captions}
+  if features:
+    result["features"] = {name: np.concatenate(parts) for name, parts in features.items()}
   return result
 
 
-def _image_vectors(sampler: Sampler, image_fn, damsm_vars, images: np.ndarray) -> np.ndarray:
+@functools.partial(jax.jit, static_argnames=("damsm", "mesh"))
+def _global_vectors(variables: dict, images: jax.Array, *, damsm: Any, mesh: jax.sharding.Mesh) -> jax.Array:
+  return jax.lax.with_sharding_constraint(damsm.encode_image(variables, images)[1], parallel.replicated(mesh))
+
+
+def _image_vectors(sampler: Sampler, damsm_vars: dict, images: np.ndarray) -> np.ndarray:
   """DAMSM global vectors of a batch of generated images (padded to the sampler's batch, sharded)."""
   n = len(images)
   pad = sampler.batch_size - n
@@ -126,7 +149,7 @@ def _image_vectors(sampler: Sampler, image_fn, damsm_vars, images: np.ndarray) -
   p, count = jax.process_index(), jax.process_count()
   local = sampler.batch_size // count
   batch = parallel.global_batch({"x": images[p * local:(p + 1) * local]}, sampler.mesh)
-  return np.asarray(image_fn(damsm_vars, batch["x"]))[:n]
+  return np.asarray(_global_vectors(damsm_vars, batch["x"], damsm=sampler.damsm, mesh=sampler.mesh))[:n]
 
 
 def flat_scores(result: dict[str, Any], prefix: str) -> dict[str, float]:

@@ -14,6 +14,7 @@ Pictures:
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import jax
@@ -41,6 +42,18 @@ def padding_mask(lengths: jax.Array, words_num: int) -> jax.Array:
   return jnp.arange(words_num)[None, :] >= jnp.asarray(lengths)[:, None]
 
 
+@functools.partial(jax.jit, static_argnames=("generator", "text_model", "mesh"))
+def _generate(variables: dict, batch: dict, *, generator: Generator, text_model: Any,
+              mesh: jax.sharding.Mesh) -> dict:
+  # Module-level with the (hashable) modules static: every Sampler of the same models and batch shape shares one
+  # compiled program (the training-time hooks, the CLIs and the tests build several).
+  words, sent = text_model.apply(variables["damsm"]["text"], batch["tokens"], batch["length"])
+  mask = padding_mask(batch["length"], batch["tokens"].shape[1])
+  images, maps, _, _ = generator.apply(variables["gen"], batch["z"], sent, words, mask, ca_noise=batch["eps"])
+  out = {"images": images, "maps": maps, "sent": sent}
+  return jax.lax.with_sharding_constraint(out, parallel.replicated(mesh))
+
+
 class Sampler:
   """Captions + seeds -> images of every stage and attention maps (see the module docstring).
 
@@ -54,21 +67,13 @@ class Sampler:
     self.mesh = mesh if mesh is not None else parallel.create_mesh(None)
     self.batch_size = -(-int(batch_size) // self.mesh.size) * self.mesh.size
     self.text_transform = damsm.text_transform(self.words_num)
-    out = parallel.replicated(self.mesh)
-    self.variables = jax.device_put({"gen": gen_variables, "damsm": damsm.variables}, out)
-    self._generate = jax.jit(self._forward, out_shardings=out)
+    self.variables = jax.device_put({"gen": gen_variables, "damsm": {"text": damsm.variables["text"]}},
+                                    parallel.replicated(self.mesh))
 
   def set_generator_variables(self, gen_variables: dict) -> None:
     """Samples with other generator weights of the same shapes (e.g. the EMA weights of a later step), without
     compiling again."""
     self.variables = dict(self.variables, gen=jax.device_put(gen_variables, parallel.replicated(self.mesh)))
-
-  def _forward(self, variables: dict, batch: dict) -> dict:
-    words, sent = self.damsm.encode_text(variables["damsm"], batch["tokens"], batch["length"])
-    mask = padding_mask(batch["length"], self.words_num)
-    images, maps, _, _ = self.generator.apply(variables["gen"], batch["z"], sent, words, mask,
-                                              ca_noise=batch["eps"])
-    return {"images": images, "maps": maps, "sent": sent}
 
   def encode_captions(self, captions: Sequence[str], seed: int = 0) -> dict[str, np.ndarray]:
     """Token ids and lengths; captions longer than words_num keep an in-order random subset of words_num words
@@ -110,7 +115,8 @@ class Sampler:
     p, count = jax.process_index(), jax.process_count()
     local = self.batch_size // count
     batch = parallel.global_batch({k: v[p * local:(p + 1) * local] for k, v in chunk.items()}, self.mesh)
-    out = jax.device_get(self._generate(self.variables, batch))
+    out = jax.device_get(_generate(self.variables, batch, generator=self.generator,
+                                   text_model=self.damsm.text_model, mesh=self.mesh))
     return {"images": [np.asarray(x)[:n] for x in out["images"]], "maps": [np.asarray(x)[:n] for x in out["maps"]],
             "sent": np.asarray(out["sent"])[:n]}
 

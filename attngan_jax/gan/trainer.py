@@ -22,6 +22,7 @@ separate calls, as the reference's separate forwards do.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -35,10 +36,12 @@ import optax
 
 from attngan_jax import convert_torch
 from attngan_jax.gan import losses
+from attngan_jax.gan.config import gan_model_config
 from attngan_jax.gan.damsm import FrozenDAMSM
 from attngan_jax.gan.discriminator import Discriminator, make_discriminators
 from attngan_jax.gan.generator import Generator, make_generator
 from attngan_jax.gan.sampling import padding_mask
+from attngan_jax.gan.torch_weights import GENERATOR_KEYS
 from attngan_jax.initializers import rbg_key
 from t2i_common import parallel
 from t2i_common.train_loop import TrainLoop, ema_decay_at, ema_update
@@ -215,6 +218,12 @@ class GANTrainer:
         regions, glob = self.damsm.encode_image(damsm_vars, fakes[-1])
         damsm_inputs = {"regions": regions, "image_global": glob, "words": words, "sentence": sent,
                         "lengths": batch["length"], "class_ids": batch["class_id"]}
+        # The loss scores all B x B pairs: gather its (small) inputs on every device first. Left sharded, XLA puts
+        # all-gathers inside the conditionals of jnp.diagonal's transpose, and XLA:CPU may run two independent
+        # conditionals in different orders on different devices, which deadlocks their collectives (seen with 8
+        # fake devices).
+        if not jax.sharding.get_abstract_mesh().empty:  # under jax.set_mesh (the train loop, the tests)
+          damsm_inputs = jax.lax.with_sharding_constraint(damsm_inputs, jax.sharding.PartitionSpec())
       total, parts = losses.generator_loss(logits, mu, logvar, self.loss_cfg, damsm_inputs=damsm_inputs)
       return total, (parts, g_stats, d_stats)
 
@@ -238,31 +247,32 @@ class GANTrainer:
   # -- export ------------------------------------------------------------------------------------------------
 
   def export(self, state: GANState, out_dir: str, damsm_dirs: dict[str, str]) -> str:
-    """Writes the EMA generator (+ live BatchNorm statistics) in the convert_torch directory format, with the
-    model config and the DAMSM it was trained with; returns the directory."""
+    """Writes the EMA generator (+ live BatchNorm statistics) in the directory format of convert_torch's
+    generator kind (so `convert_torch.load_generator(out_dir, config.model)` reads it), adding the mask mode,
+    words_num, the step and the DAMSM it was trained with (`load_exported_generator`); returns the directory."""
     if jax.process_index() == 0:
-      variables = jax.device_get(state.ema_variables())
-      convert_torch.save_converted(out_dir, variables, {"kind": "generator", "model": self.config.model.to_dict(),
-                                                        "damsm": damsm_dirs, "step": int(state.step)})
+      m = self.config.model
+      meta = {"kind": "generator", **{k: m[k] for k in GENERATOR_KEYS},
+              "reference_mask_bug": bool(m.reference_mask_bug), "words_num": int(m.words_num), "damsm": damsm_dirs,
+              "step": int(state.step)}
+      convert_torch.save_converted(out_dir, jax.device_get(state.ema_variables()), meta)
     return out_dir
 
 
 def load_exported_generator(path: str) -> tuple[Generator, dict, dict]:
-  """(generator, variables, saved config) from a directory `GANTrainer.export` wrote."""
-  from flax import traverse_util
-  from safetensors.numpy import load_file
+  """(generator, variables, saved config.json) of a directory `GANTrainer.export` wrote."""
   config_path = os.path.join(path, convert_torch.CONFIG_FILE)
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{path!r} holds no exported generator ({convert_torch.CONFIG_FILE} missing): train with "
-                            "python -m attngan_jax.train first.")
-  import json
+                            "python -m attngan_jax.train first, or give a converted generator.")
   with open(config_path) as f:
     saved = json.load(f)
-  if saved.get("kind") != "generator" or "model" not in saved:
-    raise ValueError(f"{path!r} holds a {saved.get('kind')!r}, not a generator exported by attngan_jax.train.")
-  gen = make_generator(ml_collections.ConfigDict(saved["model"]))
-  flat = load_file(os.path.join(path, convert_torch.VARIABLES_FILE))
-  variables = traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
+  if saved.get("kind") != "generator":
+    raise ValueError(f"{path!r} holds a {saved.get('kind')!r}, not a generator.")
+  model = gan_model_config(**{k: saved[k] for k in GENERATOR_KEYS if saved.get(k) is not None},
+                           reference_mask_bug=bool(saved.get("reference_mask_bug", False)),
+                           words_num=int(saved.get("words_num", 18)))
+  gen, variables = convert_torch.load_generator(path, model)
   return gen, variables, saved
 
 
@@ -279,21 +289,11 @@ class GANTrainLoop(TrainLoop):
     self.damsm_vars = jax.device_put(trainer.damsm.variables, parallel.replicated(self.mesh))
 
   def _compile(self, state: Any, batch: Any, shardings: Any) -> Callable:
-    batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-    damsm_shardings = jax.tree.map(lambda x: x.sharding, self.damsm_vars)
-    fast = bool(self.config.train.fast_compile)
-    options = parallel.run_once_compiler_options() if fast else None
-    out = (shardings, parallel.replicated(self.mesh))
     start = time.perf_counter()
-    compiled = []
-    for fn in (self.trainer.d_step, self.trainer.g_step):
-      jitted = jax.jit(fn, in_shardings=(shardings, damsm_shardings, batch_shardings), out_shardings=out,
-                       donate_argnums=0, compiler_options=options)
-      compiled.append(jitted.lower(state, self.damsm_vars, batch).compile())
+    d_step, g_step = compile_steps(self.trainer, state, self.damsm_vars, batch, shardings, self.mesh)
     self.compile_time_s = time.perf_counter() - start
     log.info("d_step and g_step compiled in %.2f s", self.compile_time_s)
     self.writer.write_scalars(self.start_step, {"perf/compile_time_s": self.compile_time_s})
-    d_step, g_step = compiled
     damsm_vars = self.damsm_vars
 
     def step(state, batch):
@@ -302,6 +302,20 @@ class GANTrainLoop(TrainLoop):
       return state, {**d_metrics, **g_metrics}
 
     return step
+
+
+def compile_steps(trainer: GANTrainer, state: GANState, damsm_vars: dict, batch: dict, shardings: Any,
+                  mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
+  """(d_step, g_step) compiled ahead of time for these arguments: the state donated, explicit input and output
+  shardings (state: `shardings`; metrics replicated); train.fast_compile selects XLA's cheap CPU settings."""
+  options = parallel.run_once_compiler_options() if trainer.config.train.fast_compile else None
+  in_shardings = (shardings, jax.tree.map(lambda x: x.sharding, damsm_vars), jax.tree.map(lambda x: x.sharding, batch))
+  compiled = []
+  for fn in (trainer.d_step, trainer.g_step):
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=(shardings, parallel.replicated(mesh)),
+                     donate_argnums=0, compiler_options=options)
+    compiled.append(jitted.lower(state, damsm_vars, batch).compile())
+  return compiled[0], compiled[1]
 
 
 def damsm_vocab_builder(config: ml_collections.ConfigDict, workdir: str) -> Callable:

@@ -1,0 +1,274 @@
+"""AttnGAN training, sampling and evaluation on the tiny shapes config (configs/attngan/attngan_shapes.py:tiny, a
+randomly initialised DAMSM): the entry points end to end, the sharded D / G steps (8 devices = 1 device), the EMA,
+bit-identical resumption after SIGKILL, and bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from attngan_jax import sample
+from attngan_jax.evaluate import evaluate
+from attngan_jax.gan.trainer import GANTrainer, compile_steps, load_damsm, load_exported_generator
+from attngan_jax.train import train_and_evaluate
+from t2i_common import parallel
+from t2i_common.config import load_config
+from t2i_common.data.loader import make_loader
+from t2i_common.train_loop import ema_decay_at
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "attngan", "attngan_shapes.py")
+PROC = os.path.join(os.path.dirname(__file__), "helpers", "gan_trainer_proc.py")
+
+
+@pytest.fixture(scope="module")
+def fast_compile(tmp_path_factory):
+  """XLA optimisations off (compile time dominates a 3-step run of a tiny model), and a persistent compilation
+  cache, so the interruption test's training processes and the sharded test reuse the programs compiled here."""
+  names = ("jax_disable_most_optimizations", "jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+  previous = {name: jax.config.values[name] for name in names}
+  cache = tmp_path_factory.mktemp("jax_cache")
+  for name, value in zip(names, (True, str(cache), 0, 0)):
+    jax.config.update(name, value)
+  yield cache
+  for name, value in previous.items():
+    jax.config.update(name, value)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, fast_compile):
+  """A 3-step run of the tiny config: (config, workdir, train_and_evaluate's result)."""
+  config = load_config(CONFIG + ":tiny")
+  workdir = str(tmp_path_factory.mktemp("attngan") / "run")
+  return config, workdir, train_and_evaluate(config, workdir)
+
+
+def test_train_sample_evaluate_end_to_end(tiny_run):
+  config, workdir, result = tiny_run
+  assert result["step"] == 3 and not result.get("preempted")
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  losses = [r for r in records if "d_loss" in r]
+  assert [r["step"] for r in losses] == [1, 2, 3]
+  for r in losses:  # both updates' losses and every part are logged and finite
+    for key in ("d_loss", "g_loss", "d/stage0", "d/stage1", "d/wrong_cond", "g/stage0", "g/stage1", "g/damsm",
+                "g/w0", "g/s1", "g/kl", "d_grad_norm", "g_grad_norm"):
+      assert np.isfinite(r[key]), (key, r)
+  # Training-time pictures and scores: samples of every stage, the attention figure, oracle and R-precision.
+  for name in ("step_0000003.png", "attention_step_0000003.png"):
+    assert np.asarray(Image.open(os.path.join(workdir, "samples", name))).ndim == 3
+  assert any("sample/object_recall" in r for r in records) and any("eval/r_precision" in r for r in records)
+  assert 0.0 <= result["eval"]["r_precision"] <= 1.0 and "object_recall/held_out" in result["eval"]["oracle"]
+  # The exported generator: the EMA weights with the live BatchNorm statistics, and the DAMSM it was trained with.
+  gen, variables, saved = load_exported_generator(result["generator"])
+  assert gen.image_sizes == (16, 32) and saved["step"] == 3
+  assert os.path.isdir(saved["damsm"]["text_encoder"]) and os.path.isdir(saved["damsm"]["image_encoder"])
+
+  # Sampling from the run: every stage of every (caption, seed), the captioned grid and the attention figure.
+  out = os.path.join(workdir, "cli_samples")
+  paths = sample.run(sample.build_parser().parse_args(
+      ["--workdir", workdir, "--caption", "a red circle", "--caption", "a small blue square and a green star",
+       "--seeds", "0-2", "--out", out]))
+  assert len(os.listdir(paths["images"])) == 2 * 3 * 2
+  grid = np.asarray(Image.open(paths["grid"]))
+  attention = np.asarray(Image.open(paths["attention"]))
+  assert grid.shape[0] > 6 * 32 and attention.shape[1] > 6 * 96  # 6 rows; image + 5 words per row
+  seed0, seed1 = (np.asarray(Image.open(os.path.join(paths["images"], f"00_a_red_circle_{s}_32px.png")))
+                  for s in (0, 1))
+  assert not np.array_equal(seed0, seed1)
+
+  # Evaluation: 24 images from 16 test scenes (a second pass with other captions), scored and written.
+  scored = evaluate(config, workdir)
+  assert scored["num_images"] == 24 and scored["num_folds"] == 2 and 0.0 <= scored["r_precision"] <= 1.0
+  assert scored["oracle"]["num_images"] == 24 and "object_recall/seen" in scored["oracle"]
+  assert json.load(open(os.path.join(workdir, "eval", "attngan.json")))["r_precision"] == scored["r_precision"]
+  assert os.path.isfile(os.path.join(workdir, "eval", "grid.png"))
+  # IS / FID are off unless their weights are configured.
+  assert "inception_score" not in scored and "fid" not in scored
+
+
+def _tiny_trainer(tmp_path, overrides=()):
+  config = load_config(CONFIG + ":tiny", list(overrides))
+  trainer = GANTrainer(config, load_damsm(config, str(tmp_path)))
+  loader = make_loader(config.data, "train", global_batch_size=8, seed=0, text_transform=trainer.text_transform)
+  return config, trainer, loader
+
+
+def _initial_state(trainer):
+  """The state at step 0, initialised as the train loop does it (a compile the persistent cache already holds)."""
+  mesh = parallel.create_mesh(None)
+  shardings = parallel.param_shardings(jax.eval_shape(trainer.init_state, jax.random.key(0)), mesh)
+  return jax.jit(trainer.init_state, out_shardings=shardings,
+                 compiler_options=parallel.run_once_compiler_options())(jax.random.key(0))
+
+
+def _run_steps(trainer, mesh, batches, init):
+  """(d_step, g_step) pairs compiled as training compiles them (GANTrainLoop: donated state, explicit shardings)
+  on `mesh`, from `init`; the host copies of the state after each pair and the last metrics."""
+  state = jax.device_put(init, parallel.replicated(mesh))
+  damsm_vars = jax.device_put(trainer.damsm.variables, parallel.replicated(mesh))
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  states, steps = [jax.device_get(state)], None
+  with jax.set_mesh(mesh):
+    for batch in batches:
+      global_batch = parallel.global_batch(batch, mesh)
+      assert len(global_batch["tokens"].sharding.device_set) == mesh.size
+      steps = steps or compile_steps(trainer, state, damsm_vars, global_batch, shardings, mesh)
+      state, _ = steps[0](state, damsm_vars, global_batch)
+      state, metrics = steps[1](state, damsm_vars, global_batch)
+      states.append(jax.device_get(state))
+  return states, jax.device_get(metrics)
+
+
+def _max_rel_diff(a_tree, b_tree) -> float:
+  worst = 0.0
+  for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree), strict=True):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    worst = max(worst, float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-6)))
+  return worst
+
+
+def test_sharded_steps_on_8_devices_equal_1_device_and_ema(tmp_path, fast_compile):
+  """BatchNorm statistics, losses and updates are those of the global batch, whatever the device count."""
+  _, trainer, loader = _tiny_trainer(tmp_path)
+  batches = [next(loader) for _ in range(2)]
+  init = jax.device_get(_initial_state(trainer))
+  one, m1 = _run_steps(trainer, parallel.create_mesh(devices=jax.devices()[:1]), batches, init)
+  eight, m8 = _run_steps(trainer, parallel.create_mesh(None), batches, init)
+  assert jax.device_count() == 8 and int(one[-1].step) == int(eight[-1].step) == 2
+  # BatchNorm running statistics (the mean and variance of each global batch) agree to rounding.
+  for a, b in zip(jax.tree.leaves((one[-1].g_batch_stats, one[-1].d_batch_stats)),
+                  jax.tree.leaves((eight[-1].g_batch_stats, eight[-1].d_batch_stats)), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  # Parameters, EMA and Adam moments: Adam normalises each gradient entry by its own running size, so an entry
+  # within rounding of 0 moves its parameter by a visible share of lr (2e-4) whatever its size; differences of
+  # reduction order show up there (measured: <= 3e-5 after 2 iterations), not in the losses.
+  worst = 0.0
+  for a, b in zip(jax.tree.leaves((one[-1].g_params, one[-1].d_params, one[-1].ema_params, one[-1].g_opt_state,
+                                   one[-1].d_opt_state)),
+                  jax.tree.leaves((eight[-1].g_params, eight[-1].d_params, eight[-1].ema_params,
+                                   eight[-1].g_opt_state, eight[-1].d_opt_state)), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    worst = max(worst, float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))))
+  print(f"8 devices vs 1 after 2 iterations: max absolute difference of the parameters and moments {worst:.1e}")
+  np.testing.assert_allclose(m1["g_loss"], m8["g_loss"], rtol=1e-5)
+  # The BatchNorm statistics moved (train mode) and the EMA follows ema_k = d * ema_{k-1} + (1 - d) * params_k
+  # with the warm-up decay d = min(0.999, (1 + k - 1) / (10 + k - 1)) of the shapes configs.
+  assert _max_rel_diff(one[0].g_batch_stats, one[1].g_batch_stats) > 0
+  for k in (1, 2):
+    d = float(ema_decay_at(np.int32(k - 1), 0.999))
+    expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, one[k - 1].ema_params, one[k].g_params)
+    assert _max_rel_diff(expected, one[k].ema_params) < 1e-6
+
+
+def _start(workdir, steps, cache):
+  env = dict(os.environ, GAN_PROC_CACHE_DIR=str(cache))
+  return subprocess.Popen([sys.executable, PROC, str(workdir), str(steps), "--checkpoint-every", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _checkpoint_state(trainer, workdir, step):
+  from t2i_common.checkpoint import Checkpointer
+  abstract = jax.eval_shape(trainer.init_state, jax.random.key(0))
+  target = parallel.abstract_with_shardings(abstract, parallel.param_shardings(abstract, parallel.create_mesh(None)))
+  checkpointer = Checkpointer(str(workdir))
+  state, _ = checkpointer.restore(target, step)
+  checkpointer.close()
+  return jax.device_get(state)
+
+
+def test_sigkill_then_resume_is_bit_identical(tiny_run, fast_compile, tmp_path):
+  """Killed after step 2 (checkpoint of step 1 complete), resumed to step 3: the whole state (G, Ds, both Adam
+  states, EMA, BatchNorm statistics, step, key) equals the uninterrupted 3-step run of `tiny_run`, bit for bit."""
+  from t2i_common.checkpoint import Checkpointer
+  config, reference_dir, _ = tiny_run
+  workdir = tmp_path / "interrupted"
+  proc = _start(workdir, 3, fast_compile)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line.rstrip())
+    if line.startswith("STEP 2"):
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.communicate(timeout=300)
+  assert proc.returncode == -signal.SIGKILL, "\n".join(lines[-30:])
+  assert Checkpointer(str(workdir)).latest_step() in (1, 2)  # step 2's save may have started before the kill
+  proc = _start(workdir, 3, fast_compile)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0 and "DONE" in out, out[-3000:]
+  steps = [int(l.split()[1]) for l in out.splitlines() if l.startswith("STEP ")]
+  assert steps[-1] == 3 and steps[0] in (2, 3)  # resumed, not restarted
+  _, trainer, _ = _tiny_trainer(tmp_path)
+  resumed, reference = _checkpoint_state(trainer, workdir, 3), _checkpoint_state(trainer, reference_dir, 3)
+  leaves = jax.tree_util.tree_flatten_with_path(reference)[0]
+  assert len(leaves) > 50
+  for (path, a), b in zip(leaves, jax.tree.leaves(resumed), strict=True):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=jax.tree_util.keystr(path))
+
+
+def test_bad_input_is_named(tiny_run, tmp_path):
+  config, workdir, _ = tiny_run
+  # A caption of unknown words only.
+  with pytest.raises(SystemExit, match="has no word in the vocabulary"):
+    sample.main(["--workdir", workdir, "--caption", "zebra xylophone", "--out", str(tmp_path / "s")])
+  with pytest.raises(SystemExit, match="no captions"):
+    sample.main(["--workdir", workdir, "--out", str(tmp_path / "s")])
+  # A caption longer than words_num: an in-order random subset of words_num words, drawn from the seed.
+  _, trainer, _ = _tiny_trainer(tmp_path)
+  from attngan_jax.gan.sampling import Sampler
+  sampler = Sampler(trainer.generator, {}, trainer.damsm, trainer.words_num)
+  caption = " ".join(["a small red circle above a large blue square"] * 3)  # 27 known words
+  ids = trainer.damsm.vocab.encode(caption.split())[0]
+  subsets = [sampler.encode_captions([caption], seed=s) for s in (0, 1)]
+  for enc in subsets:
+    assert enc["length"][0] == trainer.words_num == 18
+    kept, it = list(enc["tokens"][0]), iter(ids)
+    assert all(any(k == w for w in it) for k in kept)  # a subsequence of the caption, in order
+  assert not np.array_equal(subsets[0]["tokens"], subsets[1]["tokens"])
+  # Configs that cannot work say what to change.
+  with pytest.raises(ValueError, match=r"image_sizes=\(16, 64\) must be the generator's stage sizes \(16, 32\)"):
+    _tiny_trainer(tmp_path, ["data.image_sizes=(16, 64)"])
+  with pytest.raises(ValueError, match="no DAMSM given"):
+    _tiny_trainer(tmp_path, ["damsm.random_init=false"])
+  damsm_dir = os.path.join(workdir, "damsm")  # the run's exported (random, 16-d) DAMSM
+  with pytest.raises(ValueError, match="16-d features but model.embedding_dim=32: set model.embedding_dim=16"):
+    _tiny_trainer(tmp_path, ["damsm.random_init=false", "model.embedding_dim=32",
+                             f"damsm.text_encoder={damsm_dir}/text_encoder",
+                             f"damsm.image_encoder={damsm_dir}/image_encoder"])
+  with pytest.raises(FileNotFoundError, match="run python -m attngan_jax.pretrain_damsm with that workdir"):
+    _tiny_trainer(tmp_path, ["damsm.random_init=false", f"damsm.workdir={tmp_path}"])
+  # A generator of another config than config.model (a converted netG, read with config.model, as evaluate
+  # --generator does for reference generators).
+  converted = tmp_path / "converted_generator"
+  converted.mkdir()
+  saved = json.load(open(os.path.join(workdir, "generator", "config.json")))
+  json.dump({k: v for k, v in saved.items() if k not in ("damsm", "step", "words_num", "reference_mask_bug")},
+            open(converted / "config.json", "w"))
+  os.link(os.path.join(workdir, "generator", "variables.safetensors"), converted / "variables.safetensors")
+  other = load_config(CONFIG + ":tiny", ["model.gf_dim=8"])
+  with pytest.raises(ValueError, match="gf_dim: file 4, config 8"):
+    evaluate(other, workdir, generator=str(converted))
+
+
+@pytest.mark.parametrize("name, batch, lam, dims, words", [
+    ("birds", 20, 5.0, (32, 64, 2), 18),
+    ("coco", 14, 50.0, (48, 96, 3), 12),
+])
+def test_reference_configs(name, batch, lam, dims, words):
+  """attngan_birds / attngan_coco carry the reference ymls' values (REFERENCE.md table)."""
+  config = load_config(os.path.join(os.path.dirname(CONFIG), f"attngan_{name}.py"))
+  m = config.model
+  assert (config.train.batch_size, config.loss.damsm_lambda, (m.gf_dim, m.df_dim, m.r_num), m.words_num) == (
+      batch, lam, dims, words)
+  assert (m.branch_num, m.base_size, m.z_dim, m.condition_dim, m.embedding_dim) == (3, 64, 100, 100, 256)
+  assert tuple(config.data.image_sizes) == (64, 128, 256)
+  assert (config.loss.damsm.gamma1, config.loss.damsm.gamma2, config.loss.damsm.gamma3) == (4.0, 5.0, 10.0)
+  o = config.optimizer
+  assert (o.g_lr, o.d_lr, o.b1, o.b2) == (2e-4, 2e-4, 0.5, 0.999)
+  assert config.train.ema_decay == 0.999 and not config.train.ema_warmup and config.eval.num_images == 30_000
