@@ -11,8 +11,9 @@ random batch every iteration): the frozen DAMSM text encoder on the captions; th
 mode with fresh noise; every stage's discriminator updated on (real, fake, wrong) pairs; the generator updated
 on the adversarial loss of every stage + lambda * DAMSM loss (the frozen image encoder on the last stage's
 images) + KL; the generator's EMA (0.999). Adam(0.5, 0.999), lr 2e-4 for G and every D, as the reference.
-- attngan_jax: `GANTrainer.d_step` then `GANTrainer.g_step` (attngan_jax.gan.trainer), each a jitted program
-  with the state donated, as `python -m attngan_jax.train` runs them; their compile time is reported apart.
+- attngan_jax: `GANTrainer.d_step` then `GANTrainer.g_step` (attngan_jax.gan.trainer) compiled by its
+  `compile_steps` (state donated) on one CPU device, as `python -m attngan_jax.train` runs them; their compile
+  time is reported apart.
   (Across two programs g_step repeats the generator forward: see the trainer's docstring.)
 - PyTorch (eager): G_NET / D_NET* of tests/helpers/attngan_torch.py, the reference losses of
   tests/helpers/attngan_torch_losses.py (BCE on sigmoid outputs, the per-caption DAMSM word loss), the DAMSM
@@ -31,9 +32,9 @@ Measured per side, each in its own subprocess (clean peak memory, no shared thre
   test helpers).
 
 Configs:
-- birds: the reference bird_attn2.yml GAN (gf_dim 32, df_dim 64, r_num 2, stages 64/128/256, words_num 18,
-  lambda 5, batch 20) on the reference DAMSM (Inception-v3 image encoder, bi-LSTM text encoder, 256-d features,
-  CUB's 5,450-word vocabulary);
+- birds: configs/attngan/attngan_birds.py, the reference bird_attn2.yml GAN (gf_dim 32, df_dim 64, r_num 2,
+  stages 64/128/256, words_num 18, lambda 5, batch 20) on the reference DAMSM (Inception-v3 image encoder,
+  bi-LSTM text encoder, 256-d features, CUB's 5,450-word vocabulary);
 - shapes: configs/attngan/attngan_shapes.py (batch 16) on a DAMSM of configs/attngan/damsm_shapes.py's
   architecture (small CNN width 16 at 64 px, 64-d word embeddings, 128-d features);
 - tiny: configs/attngan/attngan_shapes.py:tiny (batch 8, its random tiny DAMSM).
@@ -57,18 +58,15 @@ N_WORDS = {"birds": 5450, "shapes": 64, "tiny": 64}  # CUB's vocabulary; shapes 
 
 # ----------------------------------------------------------------------------------------- configs (parent)
 
+CONFIG_FILES = {"birds": "attngan_birds.py", "shapes": "attngan_shapes.py", "tiny": "attngan_shapes.py:tiny"}
+
+
 def build_config(name: str, batch_size: int | None = None):
   """The attngan_jax training config of a benchmark configuration (its own batch size unless given)."""
-  if name == "birds":
-    from attngan_jax.gan.train_config import attngan_config
-    config = attngan_config("cub", "birds", batch_size=20, num_steps=1, damsm_lambda=5.0, images_every=1,
-                            checkpoint_every=1)
-  elif name in ("shapes", "tiny"):
-    from t2i_common.config import load_config
-    path = os.path.join(ROOT, "configs", "attngan", "attngan_shapes.py")
-    config = load_config(path + (":tiny" if name == "tiny" else ""))
-  else:
+  from t2i_common.config import load_config
+  if name not in CONFIG_FILES:
     raise SystemExit(f"unknown config {name!r}; use one of {', '.join(CONFIGS)}.")
+  config = load_config(os.path.join(ROOT, "configs", "attngan", CONFIG_FILES[name]))
   if batch_size is not None:
     config.train.batch_size = batch_size
   return config
@@ -148,7 +146,7 @@ def bench_jax(spec: dict, repeats: int) -> dict:
   import jax
   import jax.numpy as jnp
   from attngan_jax.gan.damsm import FrozenDAMSM
-  from attngan_jax.gan.trainer import GANTrainer
+  from attngan_jax.gan.trainer import GANTrainer, compile_steps
   from attngan_jax.image_encoder import ImageEncoder
   from attngan_jax.text import END_TOKEN, Vocabulary
   from attngan_jax.text_encoder import TextEncoder
@@ -167,20 +165,22 @@ def bench_jax(spec: dict, repeats: int) -> dict:
     return {"text": text_model.init(k_text, jnp.zeros((1, 2), jnp.int32), jnp.ones((1,), jnp.int32)),
             "image": image_model.init(k_image, jnp.zeros((1, init_side, init_side, 3)))}
 
-  # Initialisations run once: jitted with the cheap compiler settings, as the train loop does (eager init
-  # dispatches every op on its own and takes longer than compiling).
+  # One device (XLA's CPU device spans all cores), set up as GANTrainLoop does it; initialisations run once:
+  # jitted with the cheap compiler settings (eager init dispatches every op on its own: slower than compiling).
+  mesh = parallel.create_mesh(None, jax.devices()[:1])
   run_once = parallel.run_once_compiler_options()
-  damsm_vars = jax.jit(init_damsm, compiler_options=run_once)(jax.random.key(1))
-  damsm = FrozenDAMSM(text_model, image_model, damsm_vars, vocab, image_size=d["image_size"] or None,
-                      source="random initialisation (benchmark)")
-  trainer = GANTrainer(config, damsm)
-  state = jax.jit(trainer.init_state, compiler_options=run_once)(jax.random.key(0))
-  batch = {k: jnp.asarray(v) for k, v in make_batch(spec).items()}
-  options = run_once if spec["fast_compile"] else None  # as GANTrainLoop (train.fast_compile)
-  start = time.perf_counter()
-  d_step, g_step = (jax.jit(fn, donate_argnums=0, compiler_options=options).lower(state, damsm_vars, batch).compile()
-                    for fn in (trainer.d_step, trainer.g_step))
-  compile_s = time.perf_counter() - start
+  with jax.set_mesh(mesh):
+    damsm_vars = jax.jit(init_damsm, out_shardings=parallel.replicated(mesh),
+                         compiler_options=run_once)(jax.random.key(1))
+    damsm = FrozenDAMSM(text_model, image_model, damsm_vars, vocab, image_size=d["image_size"] or None,
+                        source="random initialisation (benchmark)")
+    trainer = GANTrainer(config, damsm)
+    shardings = parallel.param_shardings(jax.eval_shape(trainer.init_state, jax.random.key(0)), mesh)
+    state = jax.jit(trainer.init_state, out_shardings=shardings, compiler_options=run_once)(jax.random.key(0))
+    batch = parallel.global_batch(make_batch(spec), mesh)
+    start = time.perf_counter()
+    d_step, g_step = compile_steps(trainer, state, damsm_vars, batch, shardings, mesh)
+    compile_s = time.perf_counter() - start
   box = {"state": state, "metrics": {}}
 
   def run(step, key):

@@ -20,7 +20,8 @@ import attngan_train_vs_torch as gan_bench  # noqa: E402
 
 def test_attngan_train_vs_torch_quick_tiny(tmp_path, capsys):
   out = tmp_path / "figures" / "gan.json"
-  gan_bench.main(["--configs", "tiny", "--quick", "--out", str(out)])
+  # one PyTorch thread: the smoke test must not depend on how loaded the machine's cores are
+  gan_bench.main(["--configs", "tiny", "--quick", "--torch_threads", "1", "--out", str(out)])
   printed = capsys.readouterr().out
   figures = json.loads(out.read_text())
   assert figures["repeats"] == 1 and figures["wall_s"] > 0
@@ -35,6 +36,7 @@ def test_attngan_train_vs_torch_quick_tiny(tmp_path, capsys):
     assert (r["g_params"], r["d_params"]) == (15336, 49572)
     assert all(v == v for v in r["losses"].values()) and set(r["losses"]) == {"d_loss", "g_loss"}
   assert tiny["attngan_jax"]["compile_s"] > 0 and tiny["torch"]["compile_s"] is None
+  assert tiny["torch"]["torch_threads"] == 1
   assert tiny["ratio_jax_torch"]["iter_s"] == pytest.approx(tiny["attngan_jax"]["iter_s"] / tiny["torch"]["iter_s"])
   assert "| tiny | 4 | torch | - |" in printed and "| tiny | 4 | attngan_jax |" in printed
   assert "| tiny | 4 | ratio jax/torch |" in printed
