@@ -442,8 +442,9 @@ def main(argv=None) -> None:
     print(f"{name} (G {j['g_params']:,} + D {j['d_params']:,} parameters): {json.dumps(res)}", flush=True)
   wall = time.perf_counter() - start
   print("\n" + table(rows))
-  print(f"\n{repeats} timed iteration(s) per side after the first; whole run {wall:.0f} s; load average now "
-        f"{os.getloadavg()[0]:.1f}")
+  threads = sorted({res["torch"]["torch_threads"] for _, _, res in rows})
+  print(f"\n{repeats} timed iteration(s) per side after the first; PyTorch intra-op threads "
+        f"{', '.join(map(str, threads))}; whole run {wall:.0f} s; load average now {os.getloadavg()[0]:.1f}")
   if args.out:
     out = {"machine": header[len("machine: "):], "repeats": repeats, "wall_s": wall,
            "configs": {name: {"batch_size": b, **res,

@@ -39,7 +39,7 @@ def test_attngan_train_vs_torch_quick_tiny(tmp_path, capsys):
   assert tiny["torch"]["torch_threads"] == 1
   assert tiny["ratio_jax_torch"]["iter_s"] == pytest.approx(tiny["attngan_jax"]["iter_s"] / tiny["torch"]["iter_s"])
   assert "| tiny | 4 | torch | - |" in printed and "| tiny | 4 | attngan_jax |" in printed
-  assert "| tiny | 4 | ratio jax/torch |" in printed
+  assert "| tiny | 4 | ratio jax/torch |" in printed and "PyTorch intra-op threads 1;" in printed
 
 
 def test_attngan_train_vs_torch_rejects_bad_arguments():
