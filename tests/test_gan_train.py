@@ -140,22 +140,20 @@ def test_sharded_steps_on_8_devices_equal_1_device_and_ema(tmp_path, fast_compil
   one, m1 = _run_steps(trainer, parallel.create_mesh(devices=jax.devices()[:1]), batches, init)
   eight, m8 = _run_steps(trainer, parallel.create_mesh(None), batches, init)
   assert jax.device_count() == 8 and int(one[-1].step) == int(eight[-1].step) == 2
-  # BatchNorm running statistics (the mean and variance of each global batch) agree to rounding.
-  for a, b in zip(jax.tree.leaves((one[-1].g_batch_stats, one[-1].d_batch_stats)),
-                  jax.tree.leaves((eight[-1].g_batch_stats, eight[-1].d_batch_stats)), strict=True):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
-  # Parameters, EMA and Adam moments: Adam normalises each gradient entry by its own running size, so an entry
-  # within rounding of 0 moves its parameter by a visible share of lr (2e-4) whatever its size; differences of
-  # reduction order show up there (measured: <= 3e-5 after 2 iterations), not in the losses.
-  worst = 0.0
-  for a, b in zip(jax.tree.leaves((one[-1].g_params, one[-1].d_params, one[-1].ema_params, one[-1].g_opt_state,
-                                   one[-1].d_opt_state)),
-                  jax.tree.leaves((eight[-1].g_params, eight[-1].d_params, eight[-1].ema_params,
-                                   eight[-1].g_opt_state, eight[-1].d_opt_state)), strict=True):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
-    worst = max(worst, float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))))
-  print(f"8 devices vs 1 after 2 iterations: max absolute difference of the parameters and moments {worst:.1e}")
-  np.testing.assert_allclose(m1["g_loss"], m8["g_loss"], rtol=1e-5)
+  # After one iteration the whole state agrees to rounding: parameters, EMA, BatchNorm statistics (the global
+  # batch's), and the Adam moments, which hold the gradients themselves (mu = 0.5 g, nu = 0.001 g^2).
+  fields = lambda s: (s.g_params, s.d_params, s.ema_params, s.g_batch_stats, s.d_batch_stats, s.g_opt_state,
+                      s.d_opt_state)
+  worst = _max_rel_diff(fields(one[1]), fields(eight[1]))
+  print(f"8 devices vs 1, one iteration: max relative difference over the state's arrays {worst:.1e}")
+  assert worst < 1e-4
+  # The second iteration starts from those rounding-level differences; Adam then moves a parameter whose
+  # gradient entry is near 0 by a share of lr whatever its size, so compare what the dynamics compute: the
+  # losses and the BatchNorm statistics.
+  for key in m1:
+    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4, err_msg=key)
+  assert _max_rel_diff((one[2].g_batch_stats, one[2].d_batch_stats),
+                       (eight[2].g_batch_stats, eight[2].d_batch_stats)) < 1e-4
   # The BatchNorm statistics moved (train mode) and the EMA follows ema_k = d * ema_{k-1} + (1 - d) * params_k
   # with the warm-up decay d = min(0.999, (1 + k - 1) / (10 + k - 1)) of the shapes configs.
   assert _max_rel_diff(one[0].g_batch_stats, one[1].g_batch_stats) > 0
@@ -272,3 +270,69 @@ def test_reference_configs(name, batch, lam, dims, words):
   o = config.optimizer
   assert (o.g_lr, o.d_lr, o.b1, o.b2) == (2e-4, 2e-4, 0.5, 0.999)
   assert config.train.ema_decay == 0.999 and not config.train.ema_warmup and config.eval.num_images == 30_000
+
+
+class _FakeInception:
+  """Stands in for t2i_common.metrics' InceptionExtractor (same call: uint8 batch -> features): fixed random
+  projections of the pixels, so the test checks evaluate's plumbing, not an Inception."""
+
+  def __init__(self, output, dim):
+    self.output, self.backend = output, f"fake-{output}"
+    self.weights = np.random.default_rng(dim).normal(size=(32 * 32 * 3, dim)) / 300.0
+
+  def __call__(self, images):
+    x = np.asarray(images, np.float64).reshape(len(images), -1) / 255.0
+    return (x @ self.weights).astype(np.float32)
+
+
+def test_evaluate_inception_score_and_fid_wiring(tiny_run, monkeypatch):
+  from t2i_common.metrics import features
+  made = []
+
+  def from_converted(path, output, **kwargs):
+    made.append((path, output))
+    return _FakeInception(output, 10 if output == "class_scores" else 6)
+
+  monkeypatch.setattr(features.InceptionExtractor, "from_converted", staticmethod(from_converted))
+  config, workdir, _ = tiny_run
+  config = load_config(CONFIG + ":tiny", ["eval.inception_score.weights=IS_WEIGHTS", "eval.fid.weights=FID_WEIGHTS",
+                                          "eval.inception_score.splits=4"])
+  scored = evaluate(config, workdir)
+  assert made == [("IS_WEIGHTS", "class_scores"), ("FID_WEIGHTS", "pool")]
+  inception, fid = scored["inception_score"], scored["fid"]
+  assert inception["num_images"] == 24 and inception["splits"] == 4 and inception["inception_score"] >= 1.0
+  assert fid["num_images"] == 24 and fid["num_real_images"] == 16 and fid["fid"] >= 0 and fid["backend"] == "fake-pool"
+  assert os.path.isfile(fid["real_statistics"])  # cached per dataset, resolution and backend
+  assert any(line.startswith("FID ") and "24 images vs 16 real" in line for line in scored["summary"])
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert any("test/fid" in r and "test/inception_score" in r for r in records)
+
+
+def test_sample_from_reference_generator_file(tiny_run, tmp_path, capsys):
+  """sample --generator with a reference netG_*.pth (the reference G_NET's state dict) or its convert_torch
+  directory, and a converted text encoder: both give the same images; the reference mask is the default."""
+  torch = pytest.importorskip("torch", reason="writes a reference netG file with PyTorch")
+  from attngan_jax import convert_torch
+  from helpers.attngan_torch import G_NET, TorchGanConfig
+  _, workdir, _ = tiny_run
+  torch.manual_seed(0)
+  net = G_NET(TorchGanConfig(gf_dim=4, r_num=1, branch_num=2, z_dim=8, condition_dim=8, embedding_dim=16))
+  pth = tmp_path / "netG_epoch_1.pth"
+  torch.save(net.state_dict(), pth)
+  converted = tmp_path / "netG_converted"
+  convert_torch.main(["--kind", "generator", "--src", str(pth), "--out", str(converted)])
+  text_encoder = os.path.join(workdir, "damsm", "text_encoder")
+  images = []
+  for source in (pth, converted):
+    out = tmp_path / f"out_{source.name}"
+    paths = sample.run(sample.build_parser().parse_args(
+        ["--generator", str(source), "--text_encoder", text_encoder, "--caption", "a red circle and a blue square",
+         "--seeds", "3", "--out", str(out)]))
+    assert "reference mask on" in capsys.readouterr().out
+    assert sorted(os.listdir(paths["images"])) == ["00_a_red_circle_and_a_blue_square_3_128px.png",
+                                                   "00_a_red_circle_and_a_blue_square_3_64px.png"]
+    assert os.path.isfile(paths["attention"]) and os.path.isfile(paths["grid"])
+    images.append(np.asarray(Image.open(os.path.join(paths["images"], sorted(os.listdir(paths["images"]))[0]))))
+  np.testing.assert_array_equal(images[0], images[1])
+  with pytest.raises(SystemExit, match="needs --text_encoder"):
+    sample.main(["--generator", str(pth), "--caption", "a red circle", "--out", str(tmp_path / "x")])
