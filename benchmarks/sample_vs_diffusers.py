@@ -11,7 +11,7 @@ subprocess so peak memory is that side's alone:
   warm-up); for JAX the jit compile time is reported apart;
 - a whole sampling call (--steps DDIM steps + VAE decode; text encoding included), after a warm-up call;
   for JAX the compile of the whole sampler is reported apart;
-- peak memory: process peak RSS on CPU (resource.getrusage), device peak bytes on GPU.
+- peak memory: process peak RSS on CPU (_measure.peak_rss_gib: VmHWM), device peak bytes on GPU.
 The SD-1.x architecture is 512 x 512 images (64 x 64 latents), UNet (320, 640, 1280, 1280), CLIP ViT-L text.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import fmt, machine, median, peak_rss_gib, run_child, timed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red cat sitting on a bench"
@@ -79,14 +79,6 @@ def write_folder(name: str, workdir: str) -> str:
   return folder
 
 
-def _peak_rss_gib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
-
-
-def _median(xs):
-  return sorted(xs)[len(xs) // 2]
-
-
 def bench_torch(folder: str, steps: int, repeats: int, device: str) -> dict:
   import torch
   from diffusers import StableDiffusionPipeline
@@ -110,11 +102,7 @@ def bench_torch(folder: str, steps: int, repeats: int, device: str) -> dict:
     return res
 
   one_step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    one_step()
-    times.append(time.perf_counter() - start)
+  times = timed(one_step, repeats)
 
   def sample():
     return pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, output_type="np",
@@ -124,8 +112,8 @@ def bench_torch(folder: str, steps: int, repeats: int, device: str) -> dict:
   start = time.perf_counter()
   sample()
   run = time.perf_counter() - start
-  out = {"step_compile_s": None, "step_s": _median(times), "sample_compile_s": None, "sample_s": run,
-         "peak_rss_gib": _peak_rss_gib()}
+  out = {"step_compile_s": None, "step_s": median(times), "sample_compile_s": None, "sample_s": run,
+         "peak_rss_gib": peak_rss_gib()}
   if device == "cuda":
     out["device_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
   return out
@@ -152,17 +140,13 @@ def bench_jax(folder: str, steps: int, repeats: int) -> dict:
   step_fn = jax.jit(one_step).lower(params, latents, emb, state).compile()
   step_compile = time.perf_counter() - start
   jax.block_until_ready(step_fn(params, latents, emb, state))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step_fn(params, latents, emb, state))
-    times.append(time.perf_counter() - start)
+  times = timed(lambda: jax.block_until_ready(step_fn(params, latents, emb, state)), repeats)
   del step_fn
   pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, seeds=[0])  # compiles, then runs once
   compile_s = pipe.last_timings["compile_s"]
   pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, seeds=[0])
-  out = {"step_compile_s": step_compile, "step_s": _median(times), "sample_compile_s": compile_s,
-         "sample_s": pipe.last_timings["run_s"], "peak_rss_gib": _peak_rss_gib()}
+  out = {"step_compile_s": step_compile, "step_s": median(times), "sample_compile_s": compile_s,
+         "sample_s": pipe.last_timings["run_s"], "peak_rss_gib": peak_rss_gib()}
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
     out["device_peak_gib"] = stats["peak_bytes_in_use"] / 2**30
@@ -173,28 +157,7 @@ def _run_side(side: str, folder: str, args: argparse.Namespace) -> dict:
   """Runs one side in a fresh process (clean peak memory, no shared allocator state)."""
   cmd = [sys.executable, os.path.abspath(__file__), "--_side", side, "--_folder", folder, "--steps",
          str(args.steps), "--repeats", str(args.repeats), "--torch_device", args.torch_device]
-  res = subprocess.run(cmd, capture_output=True, text=True)
-  if res.returncode != 0:
-    raise SystemExit(f"{side} side failed:\n{res.stderr[-4000:]}")
-  return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def _fmt(x, spec=".3f"):
-  return "-" if x is None else format(x, spec)
-
-
-def machine() -> str:
-  import jax
-  import torch
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; jax {jax.__version__} ({jax.default_backend()}), "
-          f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
+  return run_child(cmd, side)
 
 
 def main(argv=None) -> None:
@@ -235,12 +198,12 @@ def main(argv=None) -> None:
   for name, steps, res in rows:
     for side in ("diffusers", "diffusion_jax"):
       r = res[side]
-      print(f"| {name} | {steps} | {side} | {_fmt(r['step_compile_s'], '.1f')} | {_fmt(r['step_s'])} | "
-            f"{_fmt(r['sample_compile_s'], '.1f')} | {_fmt(r['sample_s'])} | {steps / r['sample_s']:.3g} | "
-            f"{_fmt(r.get(mem_key), '.2f')} |")
+      print(f"| {name} | {steps} | {side} | {fmt(r['step_compile_s'], '.1f')} | {fmt(r['step_s'])} | "
+            f"{fmt(r['sample_compile_s'], '.1f')} | {fmt(r['sample_s'])} | {steps / r['sample_s']:.3g} | "
+            f"{fmt(r.get(mem_key), '.2f')} |")
     d, j = res["diffusers"], res["diffusion_jax"]
     print(f"| {name} | {steps} | ratio jax/diffusers | | {j['step_s'] / d['step_s']:.2f} | | "
-          f"{j['sample_s'] / d['sample_s']:.2f} | | {_fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
+          f"{j['sample_s'] / d['sample_s']:.2f} | | {fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
 
 
 if __name__ == "__main__":
