@@ -67,7 +67,9 @@ def _cross_entropy_both(scores: jax.Array, mask: Optional[jax.Array],
   """Mean cross-entropy with target = diagonal over rows (loss0) and over columns (loss1)."""
   if mask is not None:
     scores = jnp.where(mask, -jnp.inf, scores)
-  diag = jnp.diagonal(scores)
+  # A masked sum, not jnp.diagonal: on batch-sharded scores the latter's transpose puts all-gathers inside
+  # conditionals, which XLA:CPU may order differently per device (a collective deadlock on 8 fake devices).
+  diag = jnp.sum(jnp.where(jnp.eye(scores.shape[0], dtype=bool), scores, 0.0), axis=1)
   nll0 = jax.nn.logsumexp(scores, axis=1) - diag
   nll1 = jax.nn.logsumexp(scores, axis=0) - diag
   if example_mask is None:
