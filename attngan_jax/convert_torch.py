@@ -43,10 +43,10 @@ from attngan_jax.gan import torch_weights as gan_names
 from attngan_jax.gan.config import gan_model_config
 from attngan_jax.gan.discriminator import Discriminator
 from attngan_jax.gan.generator import Generator, make_generator
-from attngan_jax.image_encoder import ImageEncoder
+from attngan_jax.damsm.image_encoder import ImageEncoder
 from attngan_jax.inception import InceptionV3
 from attngan_jax.text import Vocabulary
-from attngan_jax.text_encoder import TextEncoder
+from attngan_jax.damsm.text_encoder import TextEncoder
 from t2i_common.weights import (BATCHNORM_LEAVES, abstract_params, conv_kernel, convert_strict, dense_kernel,
                                 read_state_dict)
 

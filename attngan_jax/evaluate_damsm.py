@@ -19,7 +19,7 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from attngan_jax.damsm_trainer import DAMSMTrainer
+from attngan_jax.damsm.trainer import DAMSMTrainer
 from attngan_jax.pretrain_damsm import load_vocabulary
 from attngan_jax.r_precision import DAMSMScorer, r_precision, summary
 from t2i_common import parallel

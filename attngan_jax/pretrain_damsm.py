@@ -6,7 +6,7 @@
 Each step encodes a global batch of images and captions, computes L_DAMSM = Lw1 + Lw2 + Ls1 + Ls2 on the whole
 global batch (negatives span every device), and updates the text encoder and the image encoder's new layers
 (the pretrained Inception stays frozen unless model.image_encoder.train_backbone); see
-attngan_jax.damsm_trainer. Every eval.every_steps the test split is scored (losses as the reference's
+attngan_jax.damsm.trainer. Every eval.every_steps the test split is scored (losses as the reference's
 evaluate(), within-batch retrieval accuracy, R-precision); every logging.images_every_steps word-region
 attention pictures of fixed test captions go to <workdir>/attention/ and TensorBoard. At the end the encoders
 are written to <workdir>/damsm/{text_encoder, image_encoder} in the format of attngan_jax.convert_torch
@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from attngan_jax.damsm_trainer import AttentionHook, DAMSMTrainer, EvalHook
+from attngan_jax.damsm.trainer import AttentionHook, DAMSMTrainer, EvalHook
 from attngan_jax.text import TextTransform, Vocabulary
 from t2i_common import parallel
 from t2i_common.data.loader import make_loader, make_source

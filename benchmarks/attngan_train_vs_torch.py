@@ -147,9 +147,9 @@ def bench_jax(spec: dict, repeats: int) -> dict:
   import jax.numpy as jnp
   from attngan_jax.gan.damsm import FrozenDAMSM
   from attngan_jax.gan.trainer import GANTrainer, compile_steps
-  from attngan_jax.image_encoder import ImageEncoder
+  from attngan_jax.damsm.image_encoder import ImageEncoder
   from attngan_jax.text import END_TOKEN, Vocabulary
-  from attngan_jax.text_encoder import TextEncoder
+  from attngan_jax.damsm.text_encoder import TextEncoder
   from t2i_common import parallel
   rss_imports = peak_rss_gib()
   config = build_config(spec["name"], spec["batch_size"])
@@ -206,7 +206,7 @@ def _torch_models(spec: dict):
   Base sizes below 64 (shapes) have no reference: as attngan_jax (attngan_jax.gan.generator / discriminator),
   the first stage starts from gf_dim * 2^n channels with n = log2(base / 4) upBlocks, and a discriminator of
   S < 64 keeps the last log2(S / 4) of encode_image_by_16times's convs. The shapes DAMSM's small CNN
-  (attngan_jax.small_cnn) and text-encoder sizes are restated likewise.
+  (attngan_jax.damsm.small_cnn) and text-encoder sizes are restated likewise.
   """
   import torch
   from torch import nn
@@ -283,7 +283,7 @@ def _torch_models(spec: dict):
     width, side = d["cnn_width"], d["image_size"]
 
     class SmallCNNEncoder(nn.Module):
-      """attngan_jax.small_cnn.SmallCNN + the image encoder's heads: (regions B x D x h x w, global B x D)."""
+      """attngan_jax.damsm.small_cnn.SmallCNN + the image encoder's heads: (regions B x D x h x w, global B x D)."""
 
       def __init__(self):
         super().__init__()

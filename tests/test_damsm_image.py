@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from attngan_jax.damsm_optim import lr_schedule, make_optimizer, optimizer_config, stop_backbone_gradients
-from attngan_jax.image_encoder import ImageEncoder, image_encoder_config, make_image_encoder
+from attngan_jax.damsm.optim import lr_schedule, make_optimizer, optimizer_config, stop_backbone_gradients
+from attngan_jax.damsm.image_encoder import ImageEncoder, image_encoder_config, make_image_encoder
 from attngan_jax.initializers import rbg_key
 from attngan_jax.inception import InceptionV3
 from t2i_common.weights import abstract_params

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from attngan_jax import damsm_loss as dl
-from attngan_jax.damsm_loss import damsm_loss, damsm_loss_config
+from attngan_jax.damsm import loss as dl
+from attngan_jax.damsm.loss import damsm_loss, damsm_loss_config
 from t2i_common.parallel import create_mesh
 
 # Jitted once per option set: eager dispatch of every small op would dominate the test time.

@@ -18,8 +18,8 @@ from torch.nn import functional as F  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 from attngan_jax import convert_torch  # noqa: E402
-from attngan_jax.damsm_loss import damsm_loss, damsm_loss_config  # noqa: E402
-from attngan_jax.image_encoder import ImageEncoder, regions_nchw  # noqa: E402
+from attngan_jax.damsm.loss import damsm_loss, damsm_loss_config  # noqa: E402
+from attngan_jax.damsm.image_encoder import ImageEncoder, regions_nchw  # noqa: E402
 from t2i_common.weights import WeightMismatchError  # noqa: E402
 
 RTOL = 1e-4

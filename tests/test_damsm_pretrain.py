@@ -67,7 +67,7 @@ def test_pretrain_damsm_tiny_end_to_end(tmp_path, fast_compile):
 
 def test_ema_weights_are_kept_and_evaluated(tmp_path, fast_compile):
   """train.ema_decay > 0: the state keeps a warmed-up EMA of the encoders, and eval / export read it."""
-  from attngan_jax.damsm_trainer import DAMSMTrainer
+  from attngan_jax.damsm.trainer import DAMSMTrainer
   from attngan_jax.pretrain_damsm import load_vocabulary
   from t2i_common import parallel
   from t2i_common.data.loader import make_loader

@@ -8,7 +8,7 @@ import pytest
 
 from attngan_jax.initializers import rbg_key
 from attngan_jax.text import TextTransform, Vocabulary, fit_length, tokenize
-from attngan_jax.text_encoder import TextEncoder, reverse_within_length
+from attngan_jax.damsm.text_encoder import TextEncoder, reverse_within_length
 from t2i_common.weights import abstract_params
 
 

@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from attngan_jax import convert_torch
-from attngan_jax.image_encoder import ImageEncoder
+from attngan_jax.damsm.image_encoder import ImageEncoder
 from attngan_jax.initializers import rbg_key
 from attngan_jax.text import TextTransform, Vocabulary
-from attngan_jax.text_encoder import TextEncoder
+from attngan_jax.damsm.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Call (eval mode: BatchNorm running statistics):
 
     images, attn_maps, mu, logvar = gen.apply(variables, z, sent_emb, words_emb, mask, ca_noise=eps)
 
-  z [B, z_dim]; sent_emb [B, embedding_dim]; words_emb [B, T, embedding_dim] (as attngan_jax.text_encoder
+  z [B, z_dim]; sent_emb [B, embedding_dim]; words_emb [B, T, embedding_dim] (as attngan_jax.damsm.text_encoder
   returns it; the reference layout is [B, D, T]); mask [B, T] bool, True at padding (the reference's
   `captions == 0`); ca_noise [B, condition_dim] N(0, 1) noise of the CA reparametrisation, or None to draw it from
   the 'ca' RNG stream (`rngs={"ca": key}`).

@@ -10,7 +10,7 @@ Discriminator of one stage (not the paper's Eq. 5, which has no "wrong" term):
 where the wrong pairs are the real images [:-1] with the sentence embeddings [1:] (`wrong_pairs`).
 
 Generator: sum over stages of BCE(uncond, 1) + BCE(cond, 1); plus lambda * L_DAMSM (Lw1 + Lw2 + Ls1 + Ls2 of
-attngan_jax.damsm_loss, the frozen DAMSM's encoding of the last stage's images against the captions, same-class
+attngan_jax.damsm.loss, the frozen DAMSM's encoding of the last stage's images against the captions, same-class
 pairs masked as in DAMSM pretraining); plus KL = -0.5 * mean(1 + logvar - mu^2 - exp(logvar)) with weight 1.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from attngan_jax.damsm_loss import damsm_loss, damsm_loss_config
+from attngan_jax.damsm.loss import damsm_loss, damsm_loss_config
 
 DAMSM_PARTS = ("w_loss0", "w_loss1", "s_loss0", "s_loss1")
 

@@ -16,8 +16,8 @@ Variant "tiny": a few steps with a trainable Inception at small size (smoke test
 """
 import ml_collections
 
-from attngan_jax.damsm_config import damsm_config, tiny_inception_variant
-from attngan_jax.damsm_trainer import add_eval_options
+from attngan_jax.damsm.config import damsm_config, tiny_inception_variant
+from attngan_jax.damsm.trainer import add_eval_options
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

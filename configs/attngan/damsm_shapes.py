@@ -22,8 +22,8 @@ Variant "tiny" is the test-suite version (3 steps on 32 px images, 16 test image
 """
 import ml_collections
 
-from attngan_jax.damsm_config import damsm_config
-from attngan_jax.damsm_trainer import add_eval_options
+from attngan_jax.damsm.config import damsm_config
+from attngan_jax.damsm.trainer import add_eval_options
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ the reference layout B x D x h x w.
 BatchNorm of the frozen backbone: bn_mode "frozen" (default) always uses the running statistics;
 "train" reproduces the reference, which runs the encoder in train mode so the Inception BatchNorms use batch
 statistics and their running averages drift during pretraining (call with train=True and
-mutable=["batch_stats"]). The backbone's weights are frozen by the optimizer (attngan_jax.damsm_optim).
+mutable=["batch_stats"]). The backbone's weights are frozen by the optimizer (attngan_jax.damsm.optim).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import flax.linen as nn
 import ml_collections
 
 from attngan_jax.inception import InceptionV3
-from attngan_jax.small_cnn import SmallCNN
+from attngan_jax.damsm.small_cnn import SmallCNN
 from attngan_jax.initializers import uniform
 
 BACKBONES = ("inception_v3", "small_cnn")

@@ -5,7 +5,7 @@ t2i_common.train_loop) and its two periodic hooks.
   "image_encoder"}; each step computes L_DAMSM = Lw1 + Lw2 + Ls1 + Ls2 on the whole global batch inside jit, so
   with the batch sharded over the mesh every caption has the global batch as negatives (XLA gathers the
   features). The frozen Inception backbone gets no gradient; the text encoder's gradient is clipped
-  (attngan_jax.damsm_optim).
+  (attngan_jax.damsm.optim).
 - `EvalHook` (every eval.every_steps): test losses with dropout off and running BatchNorm statistics (the
   reference's evaluate()), within-batch retrieval accuracy, and the R-precision of the test images against
   their captions (attngan_jax.r_precision), written as eval/* scalars.
@@ -27,13 +27,13 @@ from PIL import Image
 
 from attngan_jax import convert_torch
 from attngan_jax.attention_maps import attention_figure, damsm_word_region_attention
-from attngan_jax.damsm_loss import damsm_loss
-from attngan_jax.damsm_optim import lr_schedule, make_optimizer, stop_backbone_gradients
-from attngan_jax.image_encoder import make_image_encoder
+from attngan_jax.damsm.loss import damsm_loss
+from attngan_jax.damsm.optim import lr_schedule, make_optimizer, stop_backbone_gradients
+from attngan_jax.damsm.image_encoder import make_image_encoder
 from attngan_jax.initializers import rbg_key
 from attngan_jax.r_precision import r_precision, r_precision_config, replicated_outputs
 from attngan_jax.text import TextTransform, Vocabulary
-from attngan_jax.text_encoder import TextEncoder
+from attngan_jax.damsm.text_encoder import TextEncoder
 from t2i_common import parallel
 from t2i_common.data.loader import iterate_eval
 from t2i_common.train_loop import TrainState, ema_decay_at
@@ -45,7 +45,7 @@ LOSS_PARTS = ("w_loss0", "w_loss1", "s_loss0", "s_loss1")
 
 def add_eval_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Adds the R-precision protocol (config.eval.r_precision) and the attention pictures (config.eval.attention)
-  to a config from attngan_jax.damsm_config.damsm_config."""
+  to a config from attngan_jax.damsm.config.damsm_config."""
   config.eval.r_precision = r_precision_config()
   config.eval.attention = ml_collections.ConfigDict({
       "num_examples": 4,   # fixed test captions shown (the first ones of the test split)

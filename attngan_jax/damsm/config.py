@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from attngan_jax.damsm_loss import damsm_loss_config
-from attngan_jax.damsm_optim import optimizer_config
-from attngan_jax.image_encoder import image_encoder_config
+from attngan_jax.damsm.loss import damsm_loss_config
+from attngan_jax.damsm.optim import optimizer_config
+from attngan_jax.damsm.image_encoder import image_encoder_config
 from t2i_common import config as common
 from t2i_common.data.config import data_config
 
