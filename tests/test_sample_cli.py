@@ -75,7 +75,7 @@ def test_cli_attend_and_excite_with_attention_pictures(tmp_path, capsys, tiny_sd
   pic = np.asarray(Image.open(out / "attention_00_0.png"))
   # 2 rows (plain, A&E) x (image + 2 steps x 2 words) cells of at least 128 px
   assert pic.shape[1] >= 5 * 128 and pic.shape[0] >= 2 * 128
-  assert plain.shape[0] >= 96 and with_ae.shape == (64, 64, 3)
+  assert plain.shape[0] > 64 and with_ae.shape == (64, 64, 3)
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -6,7 +6,7 @@ cross-attention map at chosen steps over the image, without and with Attend-and-
 
 images: float [H, W, 3] in [0, 1]; maps: [A, h, w, K] (A steps, K subjects), e.g.
 `pipe.last_attend_excite["attention_maps"][b]` after a call with attention_steps=steps. One grid row per entry
-of `rows`: the image, then for each step and subject the map (normalised to its own maximum, upsampled
+of `rows`: the image, then for each step and subject the map (stretched to its own range, upsampled
 bilinearly, as a heat overlay on the image), captioned "row: word @ step".
 """
 from __future__ import annotations
@@ -24,10 +24,11 @@ def heat(values: np.ndarray) -> np.ndarray:
 
 
 def attention_overlay(image: np.ndarray, amap: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-  """The map [h, w] normalised to its maximum, upsampled to the image [H, W, 3], blended over it as heat."""
+  """The map [h, w] stretched to [0, 1] (min to max), upsampled to the image [H, W, 3], blended over it as heat."""
   image = np.asarray(image, np.float32)
   amap = np.nan_to_num(np.asarray(amap, np.float32))
-  amap = amap / amap.max() if amap.max() > 0 else amap
+  span = amap.max() - amap.min()
+  amap = (amap - amap.min()) / span if span > 0 else np.zeros_like(amap)
   size = (image.shape[1], image.shape[0])
   up = np.asarray(Image.fromarray(amap).resize(size, Image.BILINEAR), np.float32)
   return (1 - alpha) * image + alpha * heat(up)
