@@ -97,12 +97,14 @@ def bench_jax(folder: str, args, plain: bool = False) -> dict:
   height = args.height or pipe.default_size
   latents = _latents(args.batch, pipe.latent_channels, height // pipe.vae_scale_factor)
   attn_res = (args.attn_res, args.attn_res)
-  ae = {} if plain else dict(token_indices=INDICES, attn_res=attn_res, max_refinement_steps=args.refinement,
-                             **_settings(args))
+  settings = _settings(args)
+  if plain:  # the same call without Attend-and-Excite
+    settings = dict(num_inference_steps=args.steps, guidance_scale=settings["guidance_scale"])
+  else:
+    settings.update(token_indices=INDICES, attn_res=attn_res, max_refinement_steps=args.refinement)
 
   def run():
-    return pipe([PROMPT] * args.batch, latents=latents, height=height, width=height,
-                num_inference_steps=args.steps, guidance_scale=7.5, **ae)
+    return pipe([PROMPT] * args.batch, latents=latents, height=height, width=height, **settings)
 
   run()  # compiles, then runs once
   compile_s = pipe.last_timings["compile_s"]

@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
   ae.add_argument("--token-indices", type=per_prompt_lists(int), default=None,
                   help="token positions instead of words, e.g. 2,5 (see Pipeline.get_indices)")
   ae.add_argument("--max-iter-to-alter", type=int, default=25, help="update the latents at loop steps below this")
-  ae.add_argument("--thresholds", type=parse_thresholds, default={0: 0.05, 10: 0.5, 20: 0.8},
-                  help="iterative-refinement steps and thresholds, step:threshold,...")
+  ae.add_argument("--thresholds", type=parse_thresholds, default=None,
+                  help="iterative-refinement steps and thresholds, step:threshold,... (default: the paper's "
+                  "0:0.05,10:0.5,20:0.8 where the loop has those steps; 'none' for no refinement)")
   ae.add_argument("--scale-factor", type=float, default=20.0, help="step size scale")
   ae.add_argument("--scale-range", type=parse_floats(2), default=(1.0, 0.5), help="step size range start,end")
   ae.add_argument("--attn-res", type=parse_res, default=(16, 16), help="attention map size, 16 or 16x16")

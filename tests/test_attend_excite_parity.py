@@ -154,3 +154,18 @@ def test_batch_with_per_prompt_indices_matches_diffusers(variant, request):
 # iteration) so that the two images stop after different numbers of iterations (sd2: one at the cap of 4).
 THRESHOLD = {"sd1": 0.01424, "sd2": 0.024}
 REFINEMENTS = {"sd1": [2, 3], "sd2": [3, 4]}
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(token_indices=[2, 9]), r"token index 9 is on padding.*'a cat and a frog' has tokens .*valid choices"),
+    (dict(subjects=["cat", "dog"]), "'dog' is not in the prompt 'a cat and a frog'"),
+    (dict(token_indices=[2, 5], thresholds={3: 0.5}), r"thresholds at steps \['3'\].*3 timesteps"),
+    (dict(token_indices=[2, 5], attn_res=(8, 8)), r"attn_res=\(8, 8\) matches no cross-attention layer.*\[\(16, 16\)\]"),
+    (dict(token_indices=[2, 5], latent_update_fn=lambda *a: a[1]), "cannot be combined"),
+    (dict(token_indices=[2, 5], attention_steps=[5]), "attention_steps"),
+])
+def test_pipeline_rejects_bad_arguments_before_compiling(tiny_sd_reference, kwargs, match):
+  pipe = diffusion_jax.from_pretrained(tiny_sd_reference)
+  with pytest.raises(ValueError, match=match):
+    pipe("a cat and a frog", num_inference_steps=3, **kwargs)
+  assert pipe.get_indices("a cat and a frog")[5] == "frog</w>"
