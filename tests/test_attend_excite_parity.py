@@ -160,7 +160,8 @@ REFINEMENTS = {"sd1": [2, 3], "sd2": [3, 4]}
     (dict(token_indices=[2, 9]), r"token index 9 is on padding.*'a cat and a frog' has tokens .*valid choices"),
     (dict(subjects=["cat", "dog"]), "'dog' is not in the prompt 'a cat and a frog'"),
     (dict(token_indices=[2, 5], thresholds={3: 0.5}), r"thresholds at steps \['3'\].*3 timesteps"),
-    (dict(token_indices=[2, 5], attn_res=(8, 8)), r"attn_res=\(8, 8\) matches no cross-attention layer.*\[\(16, 16\)\]"),
+    (dict(token_indices=[2, 5], attn_res=(8, 8)),
+     r"attn_res=\(8, 8\) matches no cross-attention layer.*\[\(16, 16\)\]"),
     (dict(token_indices=[2, 5], latent_update_fn=lambda *a: a[1]), "cannot be combined"),
     (dict(token_indices=[2, 5], attention_steps=[5]), "attention_steps"),
 ])
