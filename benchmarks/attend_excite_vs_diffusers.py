@@ -4,6 +4,7 @@ Pipeline (PyTorch, pipelines/deprecated) on the same machine and the same random
     python benchmarks/attend_excite_vs_diffusers.py                 # tiny config, then SD-1.x at 256 px
     python benchmarks/attend_excite_vs_diffusers.py --quick         # tiny config only
     python benchmarks/attend_excite_vs_diffusers.py --configs sd1 --batches 1,4
+    python benchmarks/attend_excite_vs_diffusers.py --memory 512 --batches 4   # compile-only memory analysis
 
 Both sides sample "a cat and a frog" (token indices 2, 5) for a batch of 1 and of 4 images with DDIM, guidance
 7.5, --steps steps, max_iter_to_alter 2 and one iterative-refinement step (thresholds {0: 0.9}, which random
@@ -16,6 +17,9 @@ same number by wrapping its refinement method). Each side runs in its own subpro
   passes on 2B);
 - peak memory: process peak RSS on CPU, device peak bytes on GPU; also for our plain sampling of the same
   batch (the gradient pass is rematerialised, so Attend-and-Excite should need little more).
+--memory SIZE compiles (without running, with unallocated weights) our plain and Attend-and-Excite samplers
+for the SD-1.x architecture at SIZE px and prints XLA's memory analysis (temporary buffers, arguments): the
+memory question "does A&E at batch 4 fit where plain sampling at batch 4 fits" without a machine that runs it.
 The folders and the machine description come from benchmarks/sample_vs_diffusers.py (the SD-1.x architecture:
 UNet (320, 640, 1280, 1280), CLIP ViT-L text tower, random weights); at 256 px the 16 x 16 maps of 512 px
 become 8 x 8 (attn_res (8, 8), diffusers' own default for that size).
@@ -120,6 +124,46 @@ def bench_jax(folder: str, args, plain: bool = False) -> dict:
   return out
 
 
+def memory_analysis(size: int, batch: int, steps: int = 3) -> None:
+  """Prints XLA's memory analysis of the compiled plain and A&E (with and without remat) samplers."""
+  import jax
+  import jax.numpy as jnp
+  from diffusion_jax import convert
+  from diffusion_jax.attend_excite.indices import padded_indices
+  from diffusion_jax.attend_excite.update import AttendExciteInputs, AttendExciteSettings
+  from diffusion_jax.model_configs import TextConfig, UNetConfig, VAEConfig
+  from diffusion_jax.models import AutoencoderKL, CLIPTextTransformer, UNet2DConditionModel
+  from diffusion_jax.pipeline import Pipeline
+  from diffusion_jax.schedulers import load_scheduler
+  from diffusion_jax.tokenizer import CLIPTokenizer
+  from sample_vs_diffusers import _configs, _fixtures
+  cfg = _configs("sd1")
+  unet = UNet2DConditionModel(UNetConfig.from_diffusers(dict(cfg["unet"])))
+  vae = AutoencoderKL(VAEConfig.from_diffusers(dict(cfg["vae"])))
+  text = CLIPTextTransformer(TextConfig.from_transformers(dict(cfg["text"])))
+  tokenizer = CLIPTokenizer.from_folder(_fixtures().write_tiny_tokenizer(tempfile.mkdtemp()))
+  sched = load_scheduler(dict(_class_name="DDIMScheduler", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1))
+  params = {name: convert.abstract_variables(m) for name, m in (("unet", unet), ("vae", vae), ("text_encoder", text))}
+  pipe = Pipeline(tokenizer=tokenizer, text_encoder=text, unet=unet, vae=vae, scheduler=sched, params=params,
+                  devices=jax.devices()[:1])
+  lat = size // 8
+  state = sched.set_timesteps(steps, (batch, lat, lat, 4))
+  ids = jax.ShapeDtypeStruct((batch, 77), jnp.int32)
+  latents = jax.ShapeDtypeStruct((batch, 4, lat, lat), jnp.float32)
+  idx, mask = padded_indices([INDICES] * batch)
+  inputs = AttendExciteInputs.build(idx, mask, [76] * batch, state.num_steps, thresholds={0: 0.9},
+                                    max_iter_to_alter=2, scale_factor=20.0, scale_range=(1.0, 0.5))
+  res = (size // 32, size // 32)
+  for name, settings in (("plain", None), ("A&E, remat", AttendExciteSettings(attn_res=res, remat=True)),
+                         ("A&E, no remat", AttendExciteSettings(attn_res=res, remat=False))):
+    args = (params, ids, ids, latents, state, jnp.float32(7.5), jax.random.key(0), settings and inputs)
+    compiled, compile_s = pipe._sampler((name, batch, size), pipe._mesh_for(batch), args, True, None, settings)
+    m = compiled.memory_analysis()
+    print(f"| {size} | {batch} | {name} | {m.temp_size_in_bytes / 2**30:.2f} | {m.argument_size_in_bytes / 2**30:.2f} "
+          f"| {compile_s:.0f} |", flush=True)
+
+
 def _run_side(side: str, folder: str, args, batch: int, height, attn_res) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--_side", side, "--_folder", folder, "--steps", str(args.steps),
          "--refinement", str(args.refinement), "--torch_device", args.torch_device, "--_batch", str(batch),
@@ -142,6 +186,7 @@ def main(argv=None) -> None:
   p.add_argument("--refinement", type=int, default=2, help="refinement iterations at step 0")
   p.add_argument("--dtype", default="float32", help="diffusion_jax compute dtype")
   p.add_argument("--torch_device", default=None, help="cpu or cuda (default: cuda if available)")
+  p.add_argument("--memory", type=int, default=None, help="compile-only memory analysis at this image size")
   p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "sd_bench"),
                  help="where the random-weight diffusers folders are written (reused)")
   for hidden in ("--_side", "--_folder", "--_batch", "--_height", "--_attn_res"):
@@ -161,6 +206,12 @@ def main(argv=None) -> None:
   names = ["tiny"] if args.quick else (args.configs or "tiny,sd1").split(",")
   batches = [int(b) for b in args.batches.split(",")]
   print(f"machine: {machine()}")
+  if args.memory:
+    sys.path.insert(0, ROOT)
+    print("| size px | batch | sampler | XLA temp GiB | arguments GiB | compile s |\n|---|---|---|---|---|---|")
+    for batch in batches:
+      memory_analysis(args.memory, batch, args.steps)
+    return
   rows = []
   for name in names:
     if name not in CONFIGS:
