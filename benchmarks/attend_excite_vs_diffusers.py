@@ -16,7 +16,7 @@ same number by wrapping its refinement method). Each side runs in its own subpro
   guided passes on batch 2B); ours from the pipeline's counters (gradient passes on the whole batch B, guided
   passes on 2B);
 - peak memory: process peak RSS on CPU, device peak bytes on GPU; also for our plain sampling of the same
-  batch (the gradient pass is rematerialised, so Attend-and-Excite should need little more).
+  batch (on CPU the RSS includes XLA's compile).
 --memory SIZE compiles (without running, with unallocated weights) our plain and Attend-and-Excite samplers
 for the SD-1.x architecture at SIZE px and prints XLA's memory analysis (temporary buffers, arguments): the
 memory question "does A&E at batch 4 fit where plain sampling at batch 4 fits" without a machine that runs it.

@@ -282,7 +282,7 @@ class Pipeline:
                attn_res: Any = (16, 16), scale_range: tuple[float, float] = (1.0, 0.5),
                smooth_attentions: bool = True, sigma: float = 0.5, kernel_size: int = 3,
                max_refinement_steps: int = 20, sd_2_1: bool = False, attention_steps: Sequence[int] = (),
-               remat_gradient_pass: bool = True) -> np.ndarray:
+               remat_gradient_pass: bool = False) -> np.ndarray:
     """Generates images: float32 numpy [B, H, W, 3] in [0, 1], B = len(prompts) * num_images_per_prompt.
 
     seeds: one int per image (or a single int s, meaning s, s + 1, ...); default 0, 1, ... .
@@ -302,8 +302,8 @@ class Pipeline:
       cross-attention maps (None: diffusers' ceil(size / 32)). smooth_attentions, sigma, kernel_size: the
       Gaussian smoothing. max_refinement_steps: the iterative refinement's budget. sd_2_1: the token softmax
       ends at the prompt's last real token instead of dropping position 76. attention_steps: loop indices at
-      which the smoothed subject maps are kept (for pictures). remat_gradient_pass: recompute activations in the
-      gradient pass (memory of about one forward).
+      which the smoothed subject maps are kept (for pictures). remat_gradient_pass: jax.checkpoint the UNet blocks
+      in the gradient pass (no saving measured on CPU; see AttendExciteSettings.remat).
     Its per-call diagnostics go to `self.last_attend_excite` (numpy, batch first; see attend_excite/update.py).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)

@@ -47,9 +47,10 @@ class AttendExciteSettings:
   kernel_size: int = 3
   sigma: float = 0.5
   max_refinement_steps: int = 20
-  # Recompute block activations in the backward pass: the gradient pass then needs about one forward's memory
-  # instead of keeping every attention matrix (SD 1.x at 64 x 64 latents: 8 x 4096^2 floats per layer and image).
-  remat: bool = True
+  # Recompute block activations (jax.checkpoint per resnet / transformer block) in the gradient pass. Off by
+  # default: XLA's memory analysis of the compiled sampler (SD-1.x architecture, CPU, batch 1 and 4, 256 and
+  # 512 px; benchmarks/attend_excite_vs_diffusers.py --memory) shows the same temporary memory with and without.
+  remat: bool = False
   attention_steps: tuple[int, ...] = ()
 
   def map_kwargs(self) -> dict:
