@@ -87,7 +87,7 @@ from diffusion_jax.training.ldm_trainer import ldm_model_config
 from t2i_common import config as common
 from t2i_common.data.config import data_config
 
-VARIANTS = ("", "large", "tiny", "finetune")
+VARIANTS = ("", "large", "pairs", "tiny", "finetune")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -128,6 +128,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.unet.update(block_out_channels=(32, 64, 128), norm_num_groups=16,
                              resnet_time_scale_shift="default")
     config.model.text.max_position_embeddings = 32
+  if variant == "pairs":
+    # One or two objects with plain captions ("a red circle and a blue square"): the scenes of the neglect study
+    # (docs/neglect_study.md). The one-object scenes bind each shape word alone, which the two-object captions
+    # cannot teach as directly; twice the steps of the one-object model and half again its images, for two
+    # objects per caption.
+    config.data.shapes.update(min_objects=1, max_objects=2, caption_style="plain", num_train=30000)
+    config.train.num_steps = 17600
+    config.logging.images_every_steps = 4400
   if variant == "tiny":
     config.data.shapes.num_train = 64
     config.data.shapes.num_test = 16
