@@ -1,10 +1,11 @@
 """Captions for `shapes` scenes, from templates that use attributes and true spatial relations.
 
 Every caption mentions every object of its scene ("a small red circle to the left of a blue star"), so a
-caption fully names the object set. Style "templates" varies the wording; style "plain" lists the objects only,
-in a random order ("a red circle and a blue square", the form of Attend-and-Excite's benchmark prompts). Relations are read from the scene's boxes and only used when they hold
+caption fully names the object set. Relations are read from the scene's boxes and only used when they hold
 with a margin; `parse_caption` reads captions back (tests check them against the scene, and the oracle's CLI
-uses it to score images generated from captions alone).
+uses it to score images generated from captions alone). Style "templates" varies the wording; style "plain"
+lists the objects only, in a random order ("a red circle and a blue square", the form of Attend-and-Excite's
+benchmark prompts).
 """
 from __future__ import annotations
 
