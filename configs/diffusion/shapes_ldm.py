@@ -80,10 +80,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant == "pairs":
     # One or two objects with plain captions ("a red circle and a blue square"): the scenes of the neglect study
     # (docs/neglect_study.md). The one-object scenes bind each shape word alone, which the two-object captions
-    # cannot teach as directly; twice the steps of the one-object model and half again its images, for two
-    # objects per caption.
+    # cannot teach as directly; half again the steps and the images of the one-object model, for two objects
+    # per caption.
     config.data.shapes.update(min_objects=1, max_objects=2, caption_style="plain", num_train=30000)
-    config.train.num_steps = 17600
+    config.train.num_steps = 13200
     config.logging.images_every_steps = 4400
   if variant == "tiny":
     config.data.shapes.num_train = 64
