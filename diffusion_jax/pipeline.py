@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # A per-step latent update run before each guided step (Attend-and-Excite):
 # fn(params, latents_nhwc, step_index, timestep, cond_embeddings) -> latents_nhwc. Traced inside the loop.
+# With `update_carry` (see Pipeline.denoise) it takes the carry as a sixth argument and returns (latents, carry).
 LatentUpdateFn = Callable[[Any, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
@@ -88,6 +89,8 @@ class Pipeline:
   # Timings of the last call {"compile_s", "run_s", "num_model_evals"}.
   _placed: dict = dataclasses.field(default_factory=dict, repr=False)
   last_timings: dict = dataclasses.field(default_factory=dict, repr=False)
+  # Attend-and-Excite diagnostics of the last call (empty after plain sampling); see __call__.
+  last_attend_excite: dict = dataclasses.field(default_factory=dict, repr=False)
 
   # ---- properties -------------------------------------------------------------------------------------
   @property
@@ -120,12 +123,15 @@ class Pipeline:
 
   def denoise(self, params: dict, latents: jax.Array, cond: jax.Array, uncond: Optional[jax.Array],
               scheduler_state: SchedulerState, *, guidance_scale: Union[float, jax.Array] = 7.5,
-              latent_update_fn: Optional[LatentUpdateFn] = None, noise_key: Optional[jax.Array] = None,
-              sharding: Optional[NamedSharding] = None) -> jax.Array:
+              latent_update_fn: Optional[LatentUpdateFn] = None, update_carry: Any = None,
+              noise_key: Optional[jax.Array] = None, sharding: Optional[NamedSharding] = None) -> Any:
     """The guided sampling loop on NHWC float32 latents (already scaled by init_noise_sigma); traced.
 
     cond / uncond: [B, T, D] text embeddings; uncond None means no classifier-free guidance.
     latent_update_fn: optional per-step update of the latents before the guided step (Attend-and-Excite).
+    update_carry: optional initial value of a pytree the update threads through the loop (its diagnostics):
+      latent_update_fn(params, latents, i, t, cond, carry) -> (latents, carry), and denoise returns
+      (latents, carry) instead of the latents.
     noise_key: PRNG key for stochastic schedulers (DDPM, DDIM with eta > 0); fold_in(key, step) per step.
     sharding: NamedSharding kept on the latents inside the loop.
     """
@@ -135,10 +141,15 @@ class Pipeline:
     context = cond if uncond is None else jnp.concatenate([uncond, cond], axis=0)
     constrain = (lambda x: jax.lax.with_sharding_constraint(x, sharding)) if sharding is not None else (lambda x: x)
 
+    with_carry = update_carry is not None
+
     def body(i, carry):
-      latents, state = carry
+      latents, state, extra = carry
       t = state.timesteps[i]
-      if latent_update_fn is not None:
+      if latent_update_fn is not None and with_carry:
+        latents, extra = latent_update_fn(params, latents, i, t, cond, extra)
+        latents = constrain(latents)
+      elif latent_update_fn is not None:
         latents = constrain(latent_update_fn(params, latents, i, t, cond))
       model_in = sched.scale_model_input(state, latents, i)
       if uncond is not None:
@@ -151,10 +162,11 @@ class Pipeline:
       if state.stochastic:
         noise = jax.random.normal(jax.random.fold_in(noise_key, i), latents.shape, jnp.float32)
       latents, state = sched.step(state, out.astype(jnp.float32), i, latents, noise=noise)
-      return constrain(latents), state
+      return constrain(latents), state, extra
 
-    latents, _ = jax.lax.fori_loop(0, scheduler_state.num_steps, body, (constrain(latents), scheduler_state))
-    return latents
+    latents, _, extra = jax.lax.fori_loop(0, scheduler_state.num_steps, body,
+                                          (constrain(latents), scheduler_state, update_carry))
+    return (latents, extra) if with_carry else latents
 
   def encode(self, params: dict, images: jax.Array) -> jax.Array:
     """Images [B, H, W, 3] in [-1, 1] -> NHWC latents (the VAE posterior's mean), scaled as `decode` reads them."""
@@ -212,40 +224,65 @@ class Pipeline:
     return models + (sched,)
 
   def _sampler(self, key: tuple, mesh: jax.sharding.Mesh, example_args: tuple, cfg: bool,
-               latent_update_fn: Optional[LatentUpdateFn]):
+               latent_update_fn: Optional[LatentUpdateFn], attend_excite: Any = None):
     """Compiled sampler for one static configuration (lowered and compiled ahead of time, timed apart).
 
+    attend_excite: None, or the static AttendExciteSettings; then the last argument holds the per-call
+    AttendExciteInputs and the sampler returns (images, diagnostics).
     Cached process-wide: pipelines with the same model configs and scheduler (e.g. the same folder loaded
     twice, or after with_scheduler) share executables; parameters are arguments, never baked in.
     """
-    key = self._static_key() + key
+    key = self._static_key() + key + (attend_excite,)
     if key in _COMPILED:
       return _COMPILED[key], 0.0
     batch_sharding = NamedSharding(mesh, _batch_spec(mesh))
 
-    def sample(params, ids, uncond_ids, latents_nchw, state, guidance_scale, noise_key):
+    def sample(params, ids, uncond_ids, latents_nchw, state, guidance_scale, noise_key, ae_inputs):
       if cfg:  # one text-encoder pass over [uncond; cond]
         uncond, cond = jnp.split(self.encode_text(params, jnp.concatenate([uncond_ids, ids])), 2)
       else:
         cond, uncond = self.encode_text(params, ids), None
       latents = jnp.transpose(latents_nchw, (0, 2, 3, 1)) * state.init_noise_sigma
-      latents = self.denoise(params, latents, cond, uncond, state, guidance_scale=guidance_scale,
-                             latent_update_fn=latent_update_fn, noise_key=noise_key, sharding=batch_sharding)
-      return self.decode(params, latents)
+      update_fn, carry = latent_update_fn, None
+      if attend_excite is not None:
+        from diffusion_jax.attend_excite import update as ae_update
+        update_fn = ae_update.make_latent_update(self.unet, attend_excite, ae_inputs)
+        carry = ae_update.init_diagnostics(state.num_steps, latents.shape, ae_inputs.indices.shape[1], attend_excite)
+      out = self.denoise(params, latents, cond, uncond, state, guidance_scale=guidance_scale,
+                         latent_update_fn=update_fn, update_carry=carry, noise_key=noise_key,
+                         sharding=batch_sharding)
+      if attend_excite is None:
+        return self.decode(params, out)
+      latents, diagnostics = out
+      return self.decode(params, latents), diagnostics
 
+    out_shardings = batch_sharding if attend_excite is None else (batch_sharding, NamedSharding(mesh, P()))
     start = time.perf_counter()
-    compiled = jax.jit(sample, out_shardings=batch_sharding).lower(*example_args).compile()
+    compiled = jax.jit(sample, out_shardings=out_shardings).lower(*example_args).compile()
     if len(_COMPILED) >= _MAX_COMPILED:
       _COMPILED.pop(next(iter(_COMPILED)))  # drop the oldest
     _COMPILED[key] = compiled
     return compiled, time.perf_counter() - start
+
+  def get_indices(self, prompt: str) -> dict[int, str]:
+    """{position: token} of the prompt (position 0 is <|startoftext|>), to choose Attend-and-Excite's
+    token_indices from, as diffusers' StableDiffusionAttendAndExcitePipeline.get_indices."""
+    from diffusion_jax.attend_excite.indices import get_indices
+    return get_indices(self.tokenizer, prompt)
 
   # ---- the diffusers-like call -----------------------------------------------------------------------
   def __call__(self, prompt: Union[str, Sequence[str]], negative_prompt: Union[None, str, Sequence[str]] = None,
                num_inference_steps: int = 50, guidance_scale: float = 7.5, height: Optional[int] = None,
                width: Optional[int] = None, seeds: Union[None, int, Sequence[int]] = None,
                latents: Optional[np.ndarray] = None, num_images_per_prompt: int = 1, *, eta: float = 0.0,
-               noise_seed: int = 0, latent_update_fn: Optional[LatentUpdateFn] = None) -> np.ndarray:
+               noise_seed: int = 0, latent_update_fn: Optional[LatentUpdateFn] = None,
+               token_indices: Union[None, Sequence[int], Sequence[Sequence[int]]] = None,
+               subjects: Union[None, Sequence[str], Sequence[Sequence[str]]] = None, max_iter_to_alter: int = 25,
+               thresholds: Optional[dict[int, float]] = None, scale_factor: float = 20.0,
+               attn_res: Any = (16, 16), scale_range: tuple[float, float] = (1.0, 0.5),
+               smooth_attentions: bool = True, sigma: float = 0.5, kernel_size: int = 3,
+               max_refinement_steps: int = 20, sd_2_1: bool = False, attention_steps: Sequence[int] = (),
+               remat_gradient_pass: bool = True) -> np.ndarray:
     """Generates images: float32 numpy [B, H, W, 3] in [0, 1], B = len(prompts) * num_images_per_prompt.
 
     seeds: one int per image (or a single int s, meaning s, s + 1, ...); default 0, 1, ... .
@@ -253,6 +290,20 @@ class Pipeline:
     guidance_scale <= 1 disables classifier-free guidance (no unconditional pass), as in diffusers.
     eta: DDIM's noise weight. noise_seed: seeds the per-step noise of stochastic schedulers.
     latent_update_fn: see `denoise`; part of the compiled function's cache key (pass the same object).
+
+    Attend-and-Excite (diffusion_jax/attend_excite/) runs when token_indices or subjects is given, with the
+    argument names and defaults of diffusers' StableDiffusionAttendAndExcitePipeline and the official repo:
+    token_indices: positions in the tokenized prompt (see `get_indices`), one list for all prompts or one per
+      prompt (any number of subjects each); subjects: words instead (indices.py defines split and repeated words).
+    max_iter_to_alter, thresholds ({loop index: threshold}, default {0: 0.05, 10: 0.5, 20: 0.8}): loop indices
+      run over the scheduler's timesteps (PNDM: num_inference_steps + 1). scale_factor, scale_range: the update's
+      step size scale_factor * sqrt(linspace(*scale_range, num_timesteps)[i]). attn_res: (height, width) of the
+      cross-attention maps (None: diffusers' ceil(size / 32)). smooth_attentions, sigma, kernel_size: the
+      Gaussian smoothing. max_refinement_steps: the iterative refinement's budget. sd_2_1: the token softmax
+      ends at the prompt's last real token instead of dropping position 76. attention_steps: loop indices at
+      which the smoothed subject maps are kept (for pictures). remat_gradient_pass: recompute activations in the
+      gradient pass (memory of about one forward).
+    Its per-call diagnostics go to `self.last_attend_excite` (numpy, batch first; see attend_excite/update.py).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -305,19 +356,81 @@ class Pipeline:
                                          **sched_kwargs)
     cfg = guidance_scale > 1.0
     mesh = self._mesh_for(batch)
-    params = self._placed_params(mesh)
     batch_sharding = NamedSharding(mesh, _batch_spec(mesh))
+    ae_settings, ae_inputs, ae_indices = None, None, None
+    if token_indices is not None or subjects is not None:
+      if latent_update_fn is not None:
+        raise ValueError("latent_update_fn and Attend-and-Excite (token_indices / subjects) cannot be combined.")
+      ae_settings, ae_inputs, ae_indices = self._attend_excite_inputs(
+          prompts, num_images_per_prompt, state.num_steps, num_inference_steps, height, width,
+          token_indices=token_indices, subjects=subjects, max_iter_to_alter=max_iter_to_alter,
+          thresholds=thresholds, scale_factor=scale_factor, attn_res=attn_res, scale_range=scale_range,
+          smooth_attentions=smooth_attentions, sigma=sigma, kernel_size=kernel_size,
+          max_refinement_steps=max_refinement_steps, sd_2_1=sd_2_1, attention_steps=attention_steps,
+          remat=remat_gradient_pass)
+      ae_inputs = ae_inputs.replace(**{k: jax.device_put(getattr(ae_inputs, k), batch_sharding)
+                                       for k in ("indices", "mask", "last")})
+    params = self._placed_params(mesh)
     args = (params, jax.device_put(ids, batch_sharding), jax.device_put(uncond_ids, batch_sharding),
             jax.device_put(latents, batch_sharding), state, jnp.float32(guidance_scale),
-            jax.random.key(noise_seed))
+            jax.random.key(noise_seed), ae_inputs)
     key = (batch, height, width, num_inference_steps, state.stochastic, cfg, latent_update_fn,
-           tuple(d.id for d in mesh.devices.flat))
-    compiled, compile_s = self._sampler(key, mesh, args, cfg, latent_update_fn)
+           tuple(d.id for d in mesh.devices.flat),
+           None if ae_inputs is None else ae_inputs.indices.shape)
+    compiled, compile_s = self._sampler(key, mesh, args, cfg, latent_update_fn, ae_settings)
     start = time.perf_counter()
-    images = np.asarray(jax.block_until_ready(compiled(*args)))
-    self.last_timings = {"compile_s": compile_s, "run_s": time.perf_counter() - start,
-                         "num_model_evals": state.num_steps}
-    return images
+    out = jax.block_until_ready(compiled(*args))
+    run_s = time.perf_counter() - start
+    self.last_timings = {"compile_s": compile_s, "run_s": run_s, "num_model_evals": state.num_steps}
+    if ae_settings is None:
+      self.last_attend_excite = {}
+      return np.asarray(out)
+    images, diag = out
+    self.last_attend_excite = _attend_excite_report(jax.device_get(diag), ae_indices, ae_inputs, ae_settings)
+    self.last_timings["num_gradient_evals"] = self.last_attend_excite["num_gradient_evals"]
+    return np.asarray(images)
+
+  def _attend_excite_inputs(self, prompts, num_images_per_prompt, num_timesteps, num_inference_steps, height,
+                            width, *, token_indices, subjects, max_iter_to_alter, thresholds, scale_factor,
+                            attn_res, scale_range, smooth_attentions, sigma, kernel_size, max_refinement_steps,
+                            sd_2_1, attention_steps, remat):
+    """Checks the Attend-and-Excite arguments (clear errors) -> (settings, inputs, per-image indices)."""
+    from diffusion_jax.attend_excite import indices as ae_indices
+    from diffusion_jax.attend_excite.loss import gaussian_kernel
+    from diffusion_jax.attend_excite.update import AttendExciteInputs, AttendExciteSettings
+
+    per_prompt = ae_indices.normalize_token_indices(self.tokenizer, prompts, token_indices, subjects,
+                                                    sd_2_1=sd_2_1)
+    thresholds = ae_indices.check_thresholds({0: 0.05, 10: 0.5, 20: 0.8} if thresholds is None else thresholds,
+                                             num_timesteps, num_inference_steps)
+    f = self.vae_scale_factor
+    res = ae_indices.check_attn_res(attn_res, self.unet.config, height // f, width // f, height, width)
+    if smooth_attentions:
+      gaussian_kernel(kernel_size, sigma)  # raises on a bad kernel_size / sigma
+    if int(max_refinement_steps) < 1:
+      raise ValueError(f"max_refinement_steps must be >= 1, got {max_refinement_steps}.")
+    if len(tuple(scale_range)) != 2 or not np.all(np.isfinite(scale_range)) or min(scale_range) < 0:
+      raise ValueError(f"scale_range must be two non-negative numbers (start, end), got {scale_range!r}.")
+    if not np.isfinite(scale_factor):
+      raise ValueError(f"scale_factor must be finite, got {scale_factor!r}.")
+    steps = tuple(int(s) for s in attention_steps)
+    bad = [s for s in steps if not 0 <= s < num_timesteps]
+    if bad or len(set(steps)) != len(steps):
+      raise ValueError(f"attention_steps {list(attention_steps)} must be distinct loop indices 0 .. "
+                       f"{num_timesteps - 1} ({num_timesteps} timesteps for num_inference_steps="
+                       f"{num_inference_steps}).")
+    settings = AttendExciteSettings(attn_res=res, smooth_attentions=bool(smooth_attentions),
+                                    kernel_size=int(kernel_size), sigma=float(sigma),
+                                    max_refinement_steps=int(max_refinement_steps), remat=bool(remat),
+                                    attention_steps=steps)
+    per_image = [row for row in per_prompt for _ in range(num_images_per_prompt)]
+    last = [ae_indices.last_position(self.tokenizer, p, sd_2_1) for p in prompts
+            for _ in range(num_images_per_prompt)]
+    idx, mask = ae_indices.padded_indices(per_image)
+    inputs = AttendExciteInputs.build(idx, mask, last, num_timesteps, thresholds=thresholds,
+                                      max_iter_to_alter=int(max_iter_to_alter), scale_factor=float(scale_factor),
+                                      scale_range=tuple(float(x) for x in scale_range))
+    return settings, inputs, per_image
 
   # ---- saving ----------------------------------------------------------------------------------------
   def save_pretrained(self, path: str) -> str:
@@ -334,6 +447,23 @@ class Pipeline:
     with open(os.path.join(path, "model_index.json"), "w") as f:
       json.dump(index, f, indent=2, sort_keys=True)
     return path
+
+
+def _attend_excite_report(diag: dict, per_image: list, inputs: Any, settings: Any) -> dict:
+  """The sampler's diagnostics as numpy, batch first: loss / initial_loss / refinement_steps /
+  skipped_updates [B, S], max_attention [B, S, K], attention_maps [B, A, H, W, K]; plus the inputs."""
+  out = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in diag.items()}
+  steps = np.arange(len(inputs.step_size))
+  ran = (steps < int(inputs.max_iter_to_alter)) | np.asarray(inputs.has_threshold)  # steps with a gradient pass
+  # One batched gradient pass per step that ran one, plus the refinement loop's (its longest image's) count.
+  out["num_gradient_evals"] = int(ran.sum() + out["refinement_steps"].max(axis=0).sum())
+  out["token_indices"] = [list(r) for r in per_image]
+  out["step_size"] = np.asarray(inputs.step_size)
+  out["thresholds"] = {int(i): float(v) for i, (v, h) in enumerate(zip(np.asarray(inputs.threshold),
+                                                                         np.asarray(inputs.has_threshold))) if h}
+  out["attention_steps"] = list(settings.attention_steps)
+  out["attn_res"] = tuple(settings.attn_res)
+  return out
 
 
 def _noise_fn(shape: tuple[int, ...]):
