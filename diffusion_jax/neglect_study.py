@@ -3,14 +3,15 @@
     python -m diffusion_jax.neglect_study --pretrained runs/shapes_ldm_pairs/pipeline --num-captions 96 \\
         --seeds 0 --out runs/neglect_study
 
-Takes the first --num-captions two-object scenes of the shapes test split (plain captions, "a red circle and a
-blue square"; the split's scenes with a held-out colour-shape pair, data.shapes.holdout, are scored apart), samples
-each caption with every seed once plainly and once with Attend-and-Excite on the two shape words (the same
+Takes --num-captions two-object scenes of the shapes test split from scene --caption-offset on (plain captions,
+"a red circle and a blue square"; the scenes with a held-out colour-shape pair, data.shapes.holdout, are scored
+apart), samples each caption with every seed once plainly and once with Attend-and-Excite on the two shape words (the same
 initial noise), and scores both with the shapes oracle (t2i_common/data/shapes_oracle.py). Per arm:
 - all_present: both captioned objects found with their colour and shape; neglect: exactly one of the two;
   none: neither; object_recall: the fraction of the objects found;
 - both_shapes: both shape words drawn, whatever the colours; binding: of those images, the fraction whose two
   shapes also carry their own captioned colours (all_present / both_shapes: colour leaking or swapping lowers it);
+  both_colours: both colours on recognised shapes, whatever the shapes (an object left out entirely lowers it);
 - the oracle's own scores (object_precision, colour and shape recall, recall per shape, seen / held-out pairs);
 - time per image (the sampler's run time, compilation apart) and, with Attend-and-Excite, its diagnostics;
 - against plain sampling on the same seeds: rescued (plain not all_present, Attend-and-Excite all_present) and
@@ -51,16 +52,16 @@ def default_schedule(num_steps: int) -> tuple[dict[int, float], int]:
 
 
 def study_captions(num_captions: int, resolution: int = 32, holdout: Sequence = ("purple star",),
-                   seed: int = 0) -> list[dict]:
-  """The first `num_captions` two-object test scenes: [{"caption", "objects": [(colour, shape)] in caption order,
-  "subjects": the two shape words, "held_out": whether a pair is in `holdout`}]."""
+                   seed: int = 0, offset: int = 0) -> list[dict]:
+  """`num_captions` two-object test scenes from scene `offset` on: [{"caption", "objects": [(colour, shape)] in
+  caption order, "subjects": the two shape words, "held_out": whether a pair is in `holdout`}]."""
   from t2i_common.data.shapes import ShapesSource
   from t2i_common.data.shapes_captions import parse_caption
 
-  source = ShapesSource("test", resolution=resolution, seed=seed, num_examples=max(num_captions, 1),
+  source = ShapesSource("test", resolution=resolution, seed=seed, num_examples=offset + max(num_captions, 1),
                         holdout=holdout, min_objects=2, max_objects=2, caption_style="plain")
   out = []
-  for i in range(num_captions):
+  for i in range(offset, offset + num_captions):
     record = source.text_record(i)
     caption = record["captions"][0]
     objects = [(o["color"], o["shape"]) for o in parse_caption(caption)["objects"]]
@@ -90,6 +91,7 @@ def summarize(outcomes: Sequence[dict[str, int]], num_objects: int = 2) -> dict[
     return {"num_images": 0}
   found = np.asarray([o["found"] for o in outcomes])
   both_shapes = np.asarray([o["shapes"] == num_objects for o in outcomes])
+  both_colours = np.asarray([o["colours"] == num_objects for o in outcomes])
   all_present = found == num_objects
   return {
       "num_images": n,
@@ -98,6 +100,7 @@ def summarize(outcomes: Sequence[dict[str, int]], num_objects: int = 2) -> dict[
       "none": float((found == 0).mean()),
       "object_recall": float(found.sum() / (num_objects * n)),
       "both_shapes": float(both_shapes.mean()),
+      "both_colours": float(both_colours.mean()),
       "binding": float((all_present & both_shapes).sum() / both_shapes.sum()) if both_shapes.any() else None,
   }
 
@@ -116,7 +119,7 @@ def _arm_name(scale_factor: float, max_iter: int, several: bool) -> str:
 def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, steps: int = 25,
               guidance_scale: float = 4.0, scale_factors: Sequence[float] = (20.0,),
               max_iters: Optional[Sequence[int]] = None, thresholds: Optional[dict[int, float]] = None,
-              attn_res: Optional[tuple[int, int]] = None, batch_size: int = 32,
+              attn_res: Optional[tuple[int, int]] = None, smooth_attentions: bool = True, batch_size: int = 32,
               holdout: Sequence = ("purple star",), progress: bool = True) -> tuple[dict, dict]:
   """Samples and scores every arm; returns (results, images {arm: uint8 [N, H, W, 3]}), images in the order
   caption 0 seed 0, caption 0 seed 1, ... ."""
@@ -142,7 +145,8 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
   holdout_pairs = parse_holdout(holdout)
   results: dict[str, Any] = {
       "num_captions": len(captions), "seeds": list(seeds), "steps": steps, "guidance_scale": guidance_scale,
-      "attend_and_excite": {"thresholds": {str(k): v for k, v in thresholds.items()}, "attn_res": list(attn_res)},
+      "attend_and_excite": {"thresholds": {str(k): v for k, v in thresholds.items()}, "attn_res": list(attn_res),
+                            "smooth_attentions": smooth_attentions},
       "arms": {}}
   all_images, plain_outcomes = {}, None
   for name, settings in arms:
@@ -152,7 +156,8 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
       sl = slice(start, start + batch_size)
       kwargs = {}
       if settings is not None:
-        kwargs = dict(subjects=subjects[sl], thresholds=thresholds, attn_res=tuple(attn_res), **settings)
+        kwargs = dict(subjects=subjects[sl], thresholds=thresholds, attn_res=tuple(attn_res),
+                      smooth_attentions=smooth_attentions, **settings)
       chunks.append(to_uint8(pipe(prompts[sl], num_inference_steps=steps, guidance_scale=guidance_scale,
                                   seeds=image_seeds[sl], **kwargs)))
       run_s += pipe.last_timings["run_s"]
@@ -217,6 +222,7 @@ def markdown_table(results: dict) -> str:
   arms = list(results["arms"])
   rows = [("all_present", "all_present"), ("neglect (exactly one of two)", "neglect"), ("none found", "none"),
           ("object recall", "object_recall"), ("both shapes drawn", "both_shapes"),
+          ("both colours drawn", "both_colours"),
           ("colour binding (of both shapes)", "binding")]
   lines = ["| | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
   for label, key in rows:
@@ -296,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--pretrained", required=True, help="pipeline folder of a shapes LDM (e.g. shapes_ldm.py:pairs)")
   p.add_argument("--out", required=True, help="folder for study.json, study.md and grid.png")
   p.add_argument("--num-captions", type=positive_int, default=96, help="two-object test captions")
+  p.add_argument("--caption-offset", type=int, default=0,
+                 help="first test scene (e.g. choose A&E settings on other captions than the study's)")
   p.add_argument("--seeds", type=parse_seeds, default=[0], help="seeds per caption, e.g. 0-3 (all arms share them)")
   p.add_argument("--steps", type=positive_int, default=25, help="sampling steps")
   p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
@@ -306,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="step:threshold pairs (default: the paper's scaled to --steps)")
   p.add_argument("--attn-res", type=_resolution, default=None,
                  help="h,w of the cross-attention maps (default: the UNet's largest cross-attention resolution)")
+  p.add_argument("--no-smoothing", action="store_true",
+                 help="A&E without the Gaussian smoothing of the maps (on 8 x 8 maps it lowers one-pixel peaks "
+                      "by two thirds)")
   p.add_argument("--holdout", default="purple star", help="held-out colour-shape pairs, comma-separated")
   p.add_argument("--batch-size", type=positive_int, default=32, help="images per sampler call")
   p.add_argument("--grid-captions", type=positive_int, default=16, help="images in grid.png (per arm)")
@@ -322,10 +333,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   holdout = tuple(h.strip() for h in args.holdout.split(",") if h.strip())
   start = time.perf_counter()
   pipe = from_pretrained(args.pretrained)
-  captions = study_captions(args.num_captions, pipe.default_size, holdout)
+  if args.caption_offset < 0:
+    raise ValueError(f"--caption-offset must be >= 0, got {args.caption_offset}.")
+  captions = study_captions(args.num_captions, pipe.default_size, holdout, offset=args.caption_offset)
   results, images = run_study(pipe, captions, args.seeds, steps=args.steps, guidance_scale=args.guidance,
                               scale_factors=args.scale_factor, max_iters=args.max_iter_to_alter,
-                              thresholds=args.thresholds, attn_res=args.attn_res, batch_size=args.batch_size,
+                              thresholds=args.thresholds, attn_res=args.attn_res,
+                              smooth_attentions=not args.no_smoothing, batch_size=args.batch_size,
                               holdout=holdout)
   results["pretrained"] = args.pretrained
   results["wall_s"] = time.perf_counter() - start

@@ -22,6 +22,7 @@ def test_captions_are_two_object_plain_test_captions_with_their_subjects():
   # The test split forces a held-out pair into a quarter of its scenes: both groups are there.
   assert {c["held_out"] for c in captions} == {True, False}
   assert not any(c["held_out"] for c in ns.study_captions(40, holdout=()))
+  assert ns.study_captions(5, offset=35) == captions[35:]
 
 
 def test_figures_from_detections():
@@ -41,6 +42,7 @@ def test_figures_from_detections():
   assert s["num_images"] == 5 and s["all_present"] == pytest.approx(0.2) and s["neglect"] == pytest.approx(0.4)
   assert s["none"] == pytest.approx(0.4) and s["object_recall"] == pytest.approx(4 / 10)
   assert s["both_shapes"] == pytest.approx(0.6) and s["binding"] == pytest.approx(1 / 3)
+  assert [o["colours"] for o in outcomes] == [2, 1, 2, 1, 0] and s["both_colours"] == pytest.approx(0.4)
   # A repeated shape word counts twice: two circles are needed for "a red circle and a blue circle".
   twice = [("red", "circle"), ("blue", "circle")]
   assert ns.pair_outcome(twice, det(("red", "circle")))["shapes"] == 1
