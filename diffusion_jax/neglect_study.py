@@ -5,8 +5,8 @@
 
 Takes --num-captions two-object scenes of the shapes test split from scene --caption-offset on (plain captions,
 "a red circle and a blue square"; the scenes with a held-out colour-shape pair, data.shapes.holdout, are scored
-apart), samples each caption with every seed once plainly and once with Attend-and-Excite on the two shape words (the same
-initial noise), and scores both with the shapes oracle (t2i_common/data/shapes_oracle.py). Per arm:
+apart), samples each caption with every seed once plainly and once with Attend-and-Excite on the two shape words
+(the same initial noise), and scores both with the shapes oracle (t2i_common/data/shapes_oracle.py). Per arm:
 - all_present: both captioned objects found with their colour and shape; neglect: exactly one of the two;
   none: neither; object_recall: the fraction of the objects found;
 - both_shapes: both shape words drawn, whatever the colours; binding: of those images, the fraction whose two
