@@ -295,8 +295,9 @@ class Pipeline:
     argument names and defaults of diffusers' StableDiffusionAttendAndExcitePipeline and the official repo:
     token_indices: positions in the tokenized prompt (see `get_indices`), one list for all prompts or one per
       prompt (any number of subjects each); subjects: words instead (indices.py defines split and repeated words).
-    max_iter_to_alter, thresholds ({loop index: threshold}, default {0: 0.05, 10: 0.5, 20: 0.8}): loop indices
-      run over the scheduler's timesteps (PNDM: num_inference_steps + 1). scale_factor, scale_range: the update's
+    max_iter_to_alter, thresholds ({loop index: threshold}; None: the paper's {0: 0.05, 10: 0.5, 20: 0.8}
+      without the steps a short loop lacks): loop indices run over the scheduler's timesteps (PNDM:
+      num_inference_steps + 1); a given threshold outside them is an error. scale_factor, scale_range: the update's
       step size scale_factor * sqrt(linspace(*scale_range, num_timesteps)[i]). attn_res: (height, width) of the
       cross-attention maps (None: diffusers' ceil(size / 32)). smooth_attentions, sigma, kernel_size: the
       Gaussian smoothing. max_refinement_steps: the iterative refinement's budget. sd_2_1: the token softmax
@@ -401,8 +402,9 @@ class Pipeline:
 
     per_prompt = ae_indices.normalize_token_indices(self.tokenizer, prompts, token_indices, subjects,
                                                     sd_2_1=sd_2_1)
-    thresholds = ae_indices.check_thresholds({0: 0.05, 10: 0.5, 20: 0.8} if thresholds is None else thresholds,
-                                             num_timesteps, num_inference_steps)
+    if thresholds is None:  # the paper's, where they fall inside the loop (given ones must, or it is an error)
+      thresholds = {k: v for k, v in _DEFAULT_THRESHOLDS.items() if k < num_timesteps}
+    thresholds = ae_indices.check_thresholds(thresholds, num_timesteps, num_inference_steps)
     f = self.vae_scale_factor
     res = ae_indices.check_attn_res(attn_res, self.unet.config, height // f, width // f, height, width)
     if smooth_attentions:
@@ -474,6 +476,7 @@ def _noise_fn(shape: tuple[int, ...]):
 
 
 _NOISE_FNS: dict = {}
+_DEFAULT_THRESHOLDS = {0: 0.05, 10: 0.5, 20: 0.8}
 # Compiled samplers, process-wide (see Pipeline._sampler).
 _COMPILED: dict = {}
 _MAX_COMPILED = 16

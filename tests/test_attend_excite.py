@@ -97,27 +97,35 @@ def _count():
   CALLS.append(1)
 
 
-def reference_step(model, params, latents, i, t, indices, last, thresholds, max_iter, step_size, max_refine):
-  """diffusers' per-step Attend-and-Excite for one image, in its own control flow (eager)."""
-  def loss_fn(z):
-    _, state = model.apply(params, z, t, None, capture_cross_attn_at=((4, 4),), mutable=["intermediates"])
-    from diffusion_jax.models import mean_cross_attention
+@functools.lru_cache(maxsize=None)
+def _loss_and_grad(model, indices: tuple, last: int):
+  from diffusion_jax.models import mean_cross_attention
+
+  def loss_fn(z, params):
+    _, state = model.apply(params, z, 0, None, capture_cross_attn_at=((4, 4),), mutable=["intermediates"])
     m = max_attention_per_token(mean_cross_attention(state["intermediates"]), jnp.asarray([indices]),
                                 jnp.asarray([last]), (4, 4))
     return subject_loss(m)[0]
+  return jax.jit(jax.value_and_grad(loss_fn))
 
-  loss, grad = jax.value_and_grad(loss_fn)(latents)
+
+def reference_step(model, params, latents, i, t, indices, last, thresholds, max_iter, step_size, max_refine):
+  """diffusers' per-step Attend-and-Excite for one image, in its own control flow (Python loop, one jitted
+  loss-and-gradient per evaluation)."""
+  value_and_grad = _loss_and_grad(model, tuple(indices), last)
+  loss_fn = lambda z: value_and_grad(z, params)
+  loss, grad = loss_fn(latents)
   iterations = 0
   if i in thresholds and loss > 1.0 - thresholds[i]:
     target = max(0.0, 1.0 - thresholds[i])
     while loss > target:
       iterations += 1
-      loss, grad = jax.value_and_grad(loss_fn)(latents)
+      loss, grad = loss_fn(latents)
       if loss != 0:
         latents = latents - step_size * grad
       if iterations >= max_refine:
         break
-    loss, grad = jax.value_and_grad(loss_fn)(latents)
+    loss, grad = loss_fn(latents)
   if i < max_iter and loss != 0:
     latents = latents - step_size * grad
   return latents, float(loss), iterations

@@ -67,7 +67,7 @@ def subject_indices(tokenizer: Any, prompt: str, subjects: Sequence[str]) -> lis
                        f"{[w for w, _ in table]} ({_describe(tokenizer, prompt)}).")
     used[key] = k + 1
     positions = hits[k]
-    wordlike = [p for p in positions if any(ch.isalnum() for ch in lookup[int(ids[p])])]
+    wordlike = [p for p in positions if any(ch.isalnum() for ch in lookup[int(ids[p])].replace("</w>", ""))]
     out.append((wordlike or positions)[-1])
   return out
 

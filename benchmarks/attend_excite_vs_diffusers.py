@@ -1,0 +1,190 @@
+"""Side-by-side timing of Attend-and-Excite sampling: diffusion_jax vs diffusers' StableDiffusionAttendAndExcite-
+Pipeline (PyTorch, pipelines/deprecated) on the same machine and the same random-weight folders.
+
+    python benchmarks/attend_excite_vs_diffusers.py                 # tiny config, then SD-1.x at 256 px
+    python benchmarks/attend_excite_vs_diffusers.py --quick         # tiny config only
+    python benchmarks/attend_excite_vs_diffusers.py --configs sd1 --batches 1,4
+
+Both sides sample "a cat and a frog" (token indices 2, 5) for a batch of 1 and of 4 images with DDIM, guidance
+7.5, --steps steps, max_iter_to_alter 2 and one iterative-refinement step (thresholds {0: 0.9}, which random
+weights never reach, so every image runs --refinement iterations; diffusers' hard-coded cap of 20 is set to the
+same number by wrapping its refinement method). Each side runs in its own subprocess (clean peak memory):
+- whole call after a warm-up call (text encoding, the loop with its gradient passes, VAE decode); for JAX the
+  compile of the whole sampler is reported apart;
+- UNet evaluations: diffusers' counted at its UNet's forward (its gradient passes run per image, batch 1; its
+  guided passes on batch 2B); ours from the pipeline's counters (gradient passes on the whole batch B, guided
+  passes on 2B);
+- peak memory: process peak RSS on CPU, device peak bytes on GPU; also for our plain sampling of the same
+  batch (the gradient pass is rematerialised, so Attend-and-Excite should need little more).
+The folders and the machine description come from benchmarks/sample_vs_diffusers.py (the SD-1.x architecture:
+UNet (320, 640, 1280, 1280), CLIP ViT-L text tower, random weights); at 256 px the 16 x 16 maps of 512 px
+become 8 x 8 (attn_res (8, 8), diffusers' own default for that size).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sample_vs_diffusers import ROOT, _fmt, _peak_rss_gib, machine, write_folder  # noqa: E402
+
+PROMPT, INDICES = "a cat and a frog", [2, 5]
+# (image size (None: the folder's), attention map side) per configuration
+CONFIGS = {"tiny": (None, 16), "sd1": (256, 8)}
+SIDES = ("diffusers", "diffusion_jax", "diffusion_jax plain")
+
+
+def _settings(args) -> dict:
+  return dict(num_inference_steps=args.steps, guidance_scale=7.5, max_iter_to_alter=2, thresholds={0: 0.9},
+              scale_factor=20.0)
+
+
+def _latents(batch: int, channels: int, size: int):
+  import numpy as np
+  return np.random.default_rng(0).standard_normal((batch, channels, size, size)).astype(np.float32)
+
+
+def bench_diffusers(folder: str, args) -> dict:
+  import torch
+  from diffusers.pipelines.deprecated.stable_diffusion_attend_and_excite import (
+      StableDiffusionAttendAndExcitePipeline)
+  pipe = StableDiffusionAttendAndExcitePipeline.from_pretrained(folder, safety_checker=None,
+                                                                requires_safety_checker=False).to(args.torch_device)
+  pipe.set_progress_bar_config(disable=True)
+  pipe._perform_iterative_refinement_step = functools.partial(pipe._perform_iterative_refinement_step,
+                                                              max_refinement_steps=args.refinement)
+  calls = {"n": 0}
+  forward = pipe.unet.forward
+
+  def counted(*a, **kw):
+    calls["n"] += 1
+    return forward(*a, **kw)
+
+  pipe.unet.forward = counted
+  height = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+  size = height // pipe.vae_scale_factor
+  latents = torch.from_numpy(_latents(args.batch, pipe.unet.config.in_channels, size)).to(args.torch_device)
+  attn_res = (args.attn_res, args.attn_res)
+
+  def run():
+    return pipe([PROMPT] * args.batch, token_indices=[INDICES] * args.batch, latents=latents, height=height,
+                width=height, attn_res=attn_res, output_type="np", **_settings(args)).images
+
+  run()  # warm-up
+  calls["n"] = 0
+  start = time.perf_counter()
+  run()
+  if args.torch_device == "cuda":
+    torch.cuda.synchronize()
+  out = {"compile_s": None, "sample_s": time.perf_counter() - start, "unet_calls": calls["n"],
+         "peak_rss_gib": _peak_rss_gib()}
+  if args.torch_device == "cuda":
+    out["device_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+  return out
+
+
+def bench_jax(folder: str, args, plain: bool = False) -> dict:
+  """Our Attend-and-Excite call; plain=True: plain sampling of the same batch (the memory baseline)."""
+  import jax
+  import diffusion_jax
+  pipe = diffusion_jax.from_pretrained(folder, dtype=args.dtype, scheduler="ddim")
+  height = args.height or pipe.default_size
+  latents = _latents(args.batch, pipe.latent_channels, height // pipe.vae_scale_factor)
+  attn_res = (args.attn_res, args.attn_res)
+  settings = _settings(args)
+  if plain:  # the same call without Attend-and-Excite
+    settings = dict(num_inference_steps=args.steps, guidance_scale=settings["guidance_scale"])
+  else:
+    settings.update(token_indices=INDICES, attn_res=attn_res, max_refinement_steps=args.refinement)
+
+  def run():
+    return pipe([PROMPT] * args.batch, latents=latents, height=height, width=height, **settings)
+
+  run()  # compiles, then runs once
+  compile_s = pipe.last_timings["compile_s"]
+  run()
+  t = pipe.last_timings
+  grads = "" if plain else f" + {t['num_gradient_evals']} gradient (batched)"
+  out = {"compile_s": compile_s, "sample_s": t["run_s"], "unet_calls": f"{t['num_model_evals']} guided{grads}",
+         "peak_rss_gib": _peak_rss_gib()}
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if dev.platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    out["device_peak_gib"] = stats["peak_bytes_in_use"] / 2**30
+  return out
+
+
+def _run_side(side: str, folder: str, args, batch: int, height, attn_res) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), "--_side", side, "--_folder", folder, "--steps", str(args.steps),
+         "--refinement", str(args.refinement), "--torch_device", args.torch_device, "--_batch", str(batch),
+         "--dtype", args.dtype]
+  if height:
+    cmd += ["--_height", str(height)]
+  cmd += ["--_attn_res", str(attn_res)]
+  res = subprocess.run(cmd, capture_output=True, text=True)
+  if res.returncode != 0:
+    raise SystemExit(f"{side} side failed:\n{res.stderr[-4000:]}")
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--quick", action="store_true", help="tiny config only")
+  p.add_argument("--configs", default=None, help="comma-separated: tiny, sd1 (default tiny,sd1)")
+  p.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
+  p.add_argument("--steps", type=int, default=3, help="DDIM steps")
+  p.add_argument("--refinement", type=int, default=2, help="refinement iterations at step 0")
+  p.add_argument("--dtype", default="float32", help="diffusion_jax compute dtype")
+  p.add_argument("--torch_device", default=None, help="cpu or cuda (default: cuda if available)")
+  p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "sd_bench"),
+                 help="where the random-weight diffusers folders are written (reused)")
+  for hidden in ("--_side", "--_folder", "--_batch", "--_height", "--_attn_res"):
+    p.add_argument(hidden, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.torch_device is None:
+    import torch
+    args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+  if args._side:  # child process: one measurement, JSON on the last stdout line
+    sys.path.insert(0, ROOT)
+    args.batch, args.height = int(args._batch), int(args._height) if args._height else None
+    args.attn_res = int(args._attn_res)
+    fn = {"diffusers": bench_diffusers, "diffusion_jax": bench_jax,
+          "diffusion_jax plain": functools.partial(bench_jax, plain=True)}[args._side]
+    print(json.dumps(fn(args._folder, args)))
+    return
+  names = ["tiny"] if args.quick else (args.configs or "tiny,sd1").split(",")
+  batches = [int(b) for b in args.batches.split(",")]
+  print(f"machine: {machine()}")
+  rows = []
+  for name in names:
+    if name not in CONFIGS:
+      raise SystemExit(f"unknown config {name!r}; use tiny or sd1.")
+    folder = write_folder(name, args.workdir)
+    height, attn_res = CONFIGS[name]
+    for batch in batches:
+      res = {side: _run_side(side, folder, args, batch, height, attn_res) for side in SIDES}
+      rows.append((name, batch, res))
+      print(f"{name} batch {batch}: {json.dumps(res)}", flush=True)
+  mem_key = "device_peak_gib" if any("device_peak_gib" in r[2]["diffusion_jax"] for r in rows) else "peak_rss_gib"
+  print(f"\n| config | batch | side | compile s | whole call s | UNet evaluations | peak "
+        f"{'device' if mem_key == 'device_peak_gib' else 'RSS'} GiB |\n|" + "---|" * 7)
+  for name, batch, res in rows:
+    for side in SIDES:
+      r = res[side]
+      print(f"| {name} | {batch} | {side} | {_fmt(r['compile_s'], '.1f')} | {_fmt(r['sample_s'])} | "
+            f"{r['unet_calls']} | {_fmt(r.get(mem_key), '.2f')} |")
+    d, j = res["diffusers"], res["diffusion_jax"]
+    print(f"| {name} | {batch} | ratio jax/diffusers | | {j['sample_s'] / d['sample_s']:.2f} | | "
+          f"{_fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
+    print(f"| {name} | {batch} | memory A&E / plain (jax) | | | | "
+          f"{_fmt(j.get(mem_key) / res['diffusion_jax plain'].get(mem_key), '.2f')} |")
+
+
+if __name__ == "__main__":
+  main()
