@@ -18,7 +18,9 @@ apart), samples each caption with every seed once plainly and once with Attend-a
   lost (the reverse).
 Several --scale-factor / --max-iter-to-alter values give one Attend-and-Excite arm each (a sweep); every arm
 shares the plain arm's seeds. Writes OUT/study.json, OUT/study.md (a Markdown table), OUT/grid.png (for the first
---grid-captions captions: plain and each arm side by side, the oracle's count of found objects in the labels).
+--grid-captions captions: plain and each arm side by side, the oracle's count of found objects in the labels) and
+OUT/attention_<k>.png for the first --attention-images images (each shape word's cross-attention map at three
+steps over the image, plainly and with the first Attend-and-Excite arm; attend_excite/pictures.py).
 Thresholds and max_iter_to_alter default to the paper's ({0: 0.05, 10: 0.5, 20: 0.8}, 25 of 50 steps) scaled
 to --steps.
 """
@@ -173,9 +175,9 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
            "held_out": summarize([o for o, h in zip(outcomes, held_out) if h]),
            "oracle": {k: v for k, v in oracle.items() if k != "num_images"},
            "time_per_image_s": run_s / len(prompts), "compile_s": compile_s,
-           "per_image": [{"caption": p, "seed": s, "found": o["found"], "detections": [
+           "per_image": [{"caption": p, "subjects": subj, "seed": s, "found": o["found"], "detections": [
                f"{d['color']} {d['shape']}" for d in dets]}
-               for p, s, o, dets in zip(prompts, image_seeds, outcomes, detections)]}
+               for p, subj, s, o, dets in zip(prompts, subjects, image_seeds, outcomes, detections)]}
     if settings is not None:
       arm["attend_excite"] = summarize_diagnostics(diagnostics)
       arm["vs_plain"] = paired(plain_outcomes, outcomes)
@@ -243,6 +245,36 @@ def _pct(value: Any) -> str:
   if value is None or (isinstance(value, float) and np.isnan(value)):
     return "-"
   return f"{100 * value:.1f} %"
+
+
+def save_attention_pictures(pipe: Any, results: dict, out_dir: str, num_images: int,
+                            arm: Optional[str] = None) -> list[str]:
+  """attention_<k>.png for the study's first `num_images` images: each shape word's smoothed cross-attention map
+  at the first step, the last altered step and the last step, over the image, plainly and with the
+  Attend-and-Excite settings of `arm` (default: the first), the same seed (attend_excite/pictures.py). The maps
+  are recorded by extra calls (the plain row: no update and no refinement, which samples the plain image)."""
+  from diffusion_jax.attend_excite.pictures import save_attention_grid, token_words
+
+  arm = arm or next(a for a in results["arms"] if a != "plain")
+  records = results["arms"]["plain"]["per_image"][:num_images]
+  ae = results["attend_and_excite"]
+  settings = results["arms"][arm]["settings"]
+  steps = sorted({0, settings["max_iter_to_alter"] - 1, results["steps"] - 1})
+  common = dict(num_inference_steps=results["steps"], guidance_scale=results["guidance_scale"],
+                seeds=[r["seed"] for r in records], subjects=[r["subjects"] for r in records],
+                attn_res=tuple(ae["attn_res"]), smooth_attentions=ae["smooth_attentions"], attention_steps=steps)
+  prompts = [r["caption"] for r in records]
+  plain = pipe(prompts, max_iter_to_alter=0, thresholds={}, **common)
+  plain_maps = pipe.last_attend_excite["attention_maps"]
+  excited = pipe(prompts, thresholds={int(k): v for k, v in ae["thresholds"].items()}, **common, **settings)
+  excited_maps, indices = pipe.last_attend_excite["attention_maps"], pipe.last_attend_excite["token_indices"]
+  paths = []
+  for k, prompt in enumerate(prompts):
+    path = os.path.join(out_dir, f"attention_{k:02d}.png")
+    save_attention_grid(path, {"plain": (plain[k], plain_maps[k]), arm: (excited[k], excited_maps[k])},
+                        token_words(pipe.get_indices(prompt), indices[k]), steps)
+    paths.append(path)
+  return paths
 
 
 def save_grid(results: dict, images: dict, path: str, num_captions: int) -> str:
@@ -320,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--holdout", default="purple star", help="held-out colour-shape pairs, comma-separated")
   p.add_argument("--batch-size", type=positive_int, default=32, help="images per sampler call")
   p.add_argument("--grid-captions", type=positive_int, default=16, help="images in grid.png (per arm)")
+  p.add_argument("--attention-images", type=int, default=4,
+                 help="attention pictures (attention_<k>.png) of the first images, with the first A&E arm; 0: none")
   return p
 
 
@@ -350,6 +384,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   with open(os.path.join(args.out, "study.md"), "w") as f:
     f.write(table)
   save_grid(results, images, os.path.join(args.out, "grid.png"), args.grid_captions)
+  if args.attention_images > 0 and len(results["arms"]) > 1:
+    save_attention_pictures(pipe, results, args.out, args.attention_images)
   print(table)
   return results
 

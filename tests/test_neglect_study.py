@@ -80,7 +80,8 @@ def test_command_end_to_end(tiny_pipeline, tmp_path):
   out = tmp_path / "study"
   results = ns.main(["--pretrained", tiny_pipeline, "--out", str(out), "--num-captions", "4", "--seeds", "0,1",
                      "--steps", "2", "--guidance", "4", "--scale-factor", "5,40", "--max-iter-to-alter", "2",
-                     "--thresholds", "0:0.9", "--batch-size", "8", "--grid-captions", "2"])
+                     "--thresholds", "0:0.9", "--batch-size", "8", "--grid-captions", "2",
+                     "--attention-images", "1"])
   arms = list(results["arms"])
   assert arms == ["plain", "A&E sf=5 iters=2", "A&E sf=40 iters=2"]
   for name in arms:
@@ -97,5 +98,6 @@ def test_command_end_to_end(tiny_pipeline, tmp_path):
   table = (out / "study.md").read_text()
   assert "| all_present |" in table and "A&E sf=5 iters=2" in table
   assert os.path.getsize(out / "grid.png") > 0
+  assert os.path.isfile(out / "attention_00.png") and not os.path.exists(out / "attention_01.png")
   with pytest.raises(FileNotFoundError, match="model_index.json"):
     ns.main(["--pretrained", str(tmp_path), "--out", str(out)])
