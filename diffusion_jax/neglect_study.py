@@ -16,11 +16,13 @@ apart), samples each caption with every seed once plainly and once with Attend-a
 - time per image (the sampler's run time, compilation apart) and, with Attend-and-Excite, its diagnostics;
 - against plain sampling on the same seeds: rescued (plain not all_present, Attend-and-Excite all_present) and
   lost (the reverse).
-Several --scale-factor / --max-iter-to-alter values give one Attend-and-Excite arm each (a sweep); every arm
-shares the plain arm's seeds. Writes OUT/study.json, OUT/study.md (a Markdown table), OUT/grid.png (for the first
---grid-captions captions: plain and each arm side by side, the oracle's count of found objects in the labels) and
-OUT/attention_<k>.png for the first --attention-images images (each shape word's cross-attention map at three
-steps over the image, plainly and with the first Attend-and-Excite arm; attend_excite/pictures.py).
+Several --scale-factor / --max-iter-to-alter / --subject-words values give one Attend-and-Excite arm each (a
+sweep); every arm shares the plain arm's seeds. --subject-words colour excites the colour words instead of the
+shape words (on the shapes model they hold the cross-attention; docs/neglect_study.md).
+Writes OUT/study.json, OUT/study.md (a Markdown table), OUT/grid.png (for the first --grid-captions captions: plain
+and each arm side by side, the oracle's count of found objects in the labels) and OUT/attention_<k>.png for the
+first --attention-images images (each subject word's cross-attention map at three steps over the image, plainly
+and with the first Attend-and-Excite arm's settings and words; attend_excite/pictures.py).
 Thresholds and max_iter_to_alter default to the paper's ({0: 0.05, 10: 0.5, 20: 0.8}, 25 of 50 steps) scaled
 to --steps.
 """
@@ -114,12 +116,19 @@ def paired(plain: Sequence[dict[str, int]], other: Sequence[dict[str, int]], num
   return {"rescued": int((~a & b).sum()), "lost": int((a & ~b).sum())}
 
 
-def _arm_name(scale_factor: float, max_iter: int, several: bool) -> str:
-  return f"A&E sf={scale_factor:g} iters={max_iter}" if several else "A&E"
+# Which words of "a red circle and a blue square" Attend-and-Excite excites: the shape words (the paper's
+# choice, its nouns) or the colour words.
+SUBJECT_WORDS = ("shape", "colour")
+
+
+def _arm_name(scale_factor: float, max_iter: int, words: str, several: bool) -> str:
+  name = f"A&E sf={scale_factor:g} iters={max_iter}" if several else "A&E"
+  return name if words == "shape" else f"{name} on colours"
 
 
 def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, steps: int = 25,
               guidance_scale: float = 4.0, scale_factors: Sequence[float] = (20.0,),
+              subject_words: Sequence[str] = ("shape",),
               max_iters: Optional[Sequence[int]] = None, thresholds: Optional[dict[int, float]] = None,
               attn_res: Optional[tuple[int, int]] = None, smooth_attentions: bool = True, batch_size: int = 32,
               holdout: Sequence = ("purple star",), progress: bool = True) -> tuple[dict, dict]:
@@ -137,13 +146,18 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
   if attn_res is None:
     attn_res = cross_attention_resolution(pipe)
   prompts = [c["caption"] for c in captions for _ in seeds]
-  subjects = [c["subjects"] for c in captions for _ in seeds]
+  bad = [w for w in subject_words if w not in SUBJECT_WORDS]
+  if bad or not subject_words:
+    raise ValueError(f"subject_words {list(subject_words)}: choose from {SUBJECT_WORDS}.")
+  subjects = {"shape": [c["subjects"] for c in captions for _ in seeds],
+              "colour": [[colour for colour, _ in c["objects"]] for c in captions for _ in seeds]}
   objects = [c["objects"] for c in captions for _ in seeds]
   held_out = np.asarray([c["held_out"] for c in captions for _ in seeds])
   image_seeds = [s for _ in captions for s in seeds]
   several = len(scale_factors) * len(max_iters) > 1
-  arms = [("plain", None)] + [(_arm_name(sf, it, several), {"scale_factor": float(sf), "max_iter_to_alter": int(it)})
-                              for sf, it in itertools.product(scale_factors, max_iters)]
+  arms = [("plain", None, "shape")] + [
+      (_arm_name(sf, it, words, several), {"scale_factor": float(sf), "max_iter_to_alter": int(it)}, words)
+      for words, sf, it in itertools.product(subject_words, scale_factors, max_iters)]
   holdout_pairs = parse_holdout(holdout)
   results: dict[str, Any] = {
       "num_captions": len(captions), "seeds": list(seeds), "steps": steps, "guidance_scale": guidance_scale,
@@ -151,14 +165,14 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
                             "smooth_attentions": smooth_attentions},
       "arms": {}}
   all_images, plain_outcomes = {}, None
-  for name, settings in arms:
+  for name, settings, words in arms:
     chunks, run_s, compile_s, diagnostics = [], 0.0, 0.0, []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=name, unit="batch", disable=not progress):
       sl = slice(start, start + batch_size)
       kwargs = {}
       if settings is not None:
-        kwargs = dict(subjects=subjects[sl], thresholds=thresholds, attn_res=tuple(attn_res),
+        kwargs = dict(subjects=subjects[words][sl], thresholds=thresholds, attn_res=tuple(attn_res),
                       smooth_attentions=smooth_attentions, **settings)
       chunks.append(to_uint8(pipe(prompts[sl], num_inference_steps=steps, guidance_scale=guidance_scale,
                                   seeds=image_seeds[sl], **kwargs)))
@@ -170,14 +184,14 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
     detections: list = []
     oracle = score(list(images), objects, detections=detections, holdout=holdout_pairs)
     outcomes = [pair_outcome(o, d) for o, d in zip(objects, detections)]
-    arm = {"settings": settings or {}, **summarize(outcomes),
+    arm = {"settings": settings or {}, "subject_words": words if settings else None, **summarize(outcomes),
            "seen": summarize([o for o, h in zip(outcomes, held_out) if not h]),
            "held_out": summarize([o for o, h in zip(outcomes, held_out) if h]),
            "oracle": {k: v for k, v in oracle.items() if k != "num_images"},
            "time_per_image_s": run_s / len(prompts), "compile_s": compile_s,
            "per_image": [{"caption": p, "subjects": subj, "seed": s, "found": o["found"], "detections": [
                f"{d['color']} {d['shape']}" for d in dets]}
-               for p, subj, s, o, dets in zip(prompts, subjects, image_seeds, outcomes, detections)]}
+               for p, subj, s, o, dets in zip(prompts, subjects[words], image_seeds, outcomes, detections)]}
     if settings is not None:
       arm["attend_excite"] = summarize_diagnostics(diagnostics)
       arm["vs_plain"] = paired(plain_outcomes, outcomes)
@@ -261,7 +275,8 @@ def save_attention_pictures(pipe: Any, results: dict, out_dir: str, num_images: 
   settings = results["arms"][arm]["settings"]
   steps = sorted({0, settings["max_iter_to_alter"] - 1, results["steps"] - 1})
   common = dict(num_inference_steps=results["steps"], guidance_scale=results["guidance_scale"],
-                seeds=[r["seed"] for r in records], subjects=[r["subjects"] for r in records],
+                seeds=[r["seed"] for r in records],
+                subjects=[r["subjects"] for r in results["arms"][arm]["per_image"][:num_images]],
                 attn_res=tuple(ae["attn_res"]), smooth_attentions=ae["smooth_attentions"], attention_steps=steps)
   prompts = [r["caption"] for r in records]
   plain = pipe(prompts, max_iter_to_alter=0, thresholds={}, **common)
@@ -321,6 +336,13 @@ def _ints(text: str) -> list[int]:
   return [positive_int(v) for v in text.split(",") if v.strip()]
 
 
+def _words(text: str) -> list[str]:
+  words = [w.strip() for w in text.split(",") if w.strip()]
+  if not words or any(w not in SUBJECT_WORDS for w in words):
+    raise argparse.ArgumentTypeError(f"--subject-words {text!r}: choose from {SUBJECT_WORDS}, comma-separated.")
+  return words
+
+
 def _resolution(text: str) -> tuple[int, int]:
   parts = _ints(text)
   if len(parts) != 2:
@@ -340,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=positive_int, default=25, help="sampling steps")
   p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
   p.add_argument("--scale-factor", type=_floats, default=[20.0], help="A&E step size(s); several make a sweep")
+  p.add_argument("--subject-words", type=_words, default=["shape"],
+                 help="words A&E excites: shape (the paper's nouns), colour, or both as two arms (shape,colour)")
   p.add_argument("--max-iter-to-alter", type=_ints, default=None,
                  help="A&E steps with a latent update (default: half the steps, as the paper's 25 of 50)")
   p.add_argument("--thresholds", type=parse_thresholds, default=None,
@@ -371,7 +395,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     raise ValueError(f"--caption-offset must be >= 0, got {args.caption_offset}.")
   captions = study_captions(args.num_captions, pipe.default_size, holdout, offset=args.caption_offset)
   results, images = run_study(pipe, captions, args.seeds, steps=args.steps, guidance_scale=args.guidance,
-                              scale_factors=args.scale_factor, max_iters=args.max_iter_to_alter,
+                              scale_factors=args.scale_factor, subject_words=args.subject_words,
+                              max_iters=args.max_iter_to_alter,
                               thresholds=args.thresholds, attn_res=args.attn_res,
                               smooth_attentions=not args.no_smoothing, batch_size=args.batch_size,
                               holdout=holdout)

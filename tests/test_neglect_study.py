@@ -80,10 +80,12 @@ def test_command_end_to_end(tiny_pipeline, tmp_path):
   out = tmp_path / "study"
   results = ns.main(["--pretrained", tiny_pipeline, "--out", str(out), "--num-captions", "4", "--seeds", "0,1",
                      "--steps", "2", "--guidance", "4", "--scale-factor", "5,40", "--max-iter-to-alter", "2",
+                     "--subject-words", "shape,colour",
                      "--thresholds", "0:0.9", "--batch-size", "8", "--grid-captions", "2",
                      "--attention-images", "1"])
   arms = list(results["arms"])
-  assert arms == ["plain", "A&E sf=5 iters=2", "A&E sf=40 iters=2"]
+  assert arms == ["plain", "A&E sf=5 iters=2", "A&E sf=40 iters=2", "A&E sf=5 iters=2 on colours",
+                  "A&E sf=40 iters=2 on colours"]
   for name in arms:
     arm = results["arms"][name]
     assert arm["num_images"] == 8 and len(arm["per_image"]) == 8
@@ -93,6 +95,11 @@ def test_command_end_to_end(tiny_pipeline, tmp_path):
   # Every arm samples the same captions with the same seeds.
   assert len({tuple((r["caption"], r["seed"]) for r in results["arms"][a]["per_image"]) for a in arms}) == 1
   assert results["arms"]["A&E sf=40 iters=2"]["vs_plain"].keys() == {"rescued", "lost"}
+  # Each arm excites its own words: the shape words, or the colour words of the same captions.
+  for shape_rec, colour_rec in zip(results["arms"]["A&E sf=5 iters=2"]["per_image"],
+                                   results["arms"]["A&E sf=5 iters=2 on colours"]["per_image"]):
+    assert [f"{c} {s}" for c, s in zip(colour_rec["subjects"], shape_rec["subjects"])] == [
+        " ".join(p.split()[-2:]) for p in shape_rec["caption"].split(" and ")]
   with open(out / "study.json") as f:
     assert json.load(f)["arms"].keys() == results["arms"].keys()
   table = (out / "study.md").read_text()
