@@ -186,3 +186,27 @@ def test_config_builds_the_source():
   with pytest.raises(ValueError, match="max_objects"):
     ShapesSource("train", max_objects=4)
   assert shapes.MIN_RESOLUTION == 32
+
+
+def test_plain_captions_list_the_objects_only():
+  src = ShapesSource("train", resolution=32, num_examples=40, min_objects=2, max_objects=2, caption_style="plain")
+  orders = set()
+  for i in range(40):
+    ex = src[i]
+    pairs = sorted((o["color"], o["shape"]) for o in ex["objects"])
+    for caption in ex["captions"]:
+      assert re.fullmatch(r"an? \w+ \w+ and an? \w+ \w+", caption), caption
+      parsed = parse_caption(caption)["objects"]
+      assert sorted((o["color"], o["shape"]) for o in parsed) == pairs and all(o["size"] is None for o in parsed)
+      orders.add((parsed[0]["color"], parsed[0]["shape"]) == (ex["objects"][0]["color"], ex["objects"][0]["shape"]))
+  assert orders == {True, False}  # both orders occur
+  # The scenes (layout, colours, background) are those of the default style: only the wording differs.
+  default = ShapesSource("train", resolution=32, num_examples=40, min_objects=2, max_objects=2)
+  assert np.array_equal(default[3]["image"], src[3]["image"]) and default[3]["captions"] != src[3]["captions"]
+  assert ShapesSource("train", num_examples=5, min_objects=1, max_objects=1, caption_style="plain")[0][
+      "captions"][0].count(" ") == 2
+  cfg = shapes_config()
+  cfg.caption_style = "plain"
+  assert ShapesSource.from_config(cfg, "test").caption_style == "plain"
+  with pytest.raises(ValueError, match="caption_style"):
+    ShapesSource("train", caption_style="short")

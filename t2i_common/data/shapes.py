@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import ml_collections
 import numpy as np
 
-from t2i_common.data.shapes_captions import make_captions
+from t2i_common.data.shapes_captions import CAPTION_STYLES, make_captions
 from t2i_common.data.shapes_render import (COLOR_NAMES, COLORS, SHAPES, SIZE_RANGES, SIZES,
                                            background_name, render_scene, sample_background)
 
@@ -47,6 +47,8 @@ def shapes_config() -> ml_collections.ConfigDict:
       "holdout": ("purple star",),
       "test_holdout_fraction": 0.25,
       "captions_per_image": 5,
+      # "templates" (varied wording, sizes, relations) or "plain" ("a red circle and a blue square").
+      "caption_style": "templates",
       "min_objects": 1,
       "max_objects": 3,
   })
@@ -116,7 +118,7 @@ class ShapesSource:
 
   def __init__(self, split: str = "train", resolution: int = 64, seed: int = 0, num_examples: int | None = None,
                holdout: Iterable = (("purple", "star"),), captions_per_image: int = 5, min_objects: int = 1,
-               max_objects: int = 3, test_holdout_fraction: float = 0.25):
+               max_objects: int = 3, test_holdout_fraction: float = 0.25, caption_style: str = "templates"):
     if split not in SPLITS:
       raise ValueError(f"shapes split must be one of {SPLITS}, got {split!r}.")
     if not isinstance(resolution, (int, np.integer)) or not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
@@ -127,6 +129,8 @@ class ShapesSource:
                        f"max_objects={max_objects}.")
     if captions_per_image < 1:
       raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}.")
+    if caption_style not in CAPTION_STYLES:
+      raise ValueError(f"shapes caption_style must be one of {CAPTION_STYLES}, got {caption_style!r}.")
     if not 0.0 <= test_holdout_fraction <= 1.0:
       raise ValueError(f"test_holdout_fraction must be in [0, 1], got {test_holdout_fraction}.")
     if num_examples is None:
@@ -139,6 +143,7 @@ class ShapesSource:
     self.captions_per_image = int(captions_per_image)
     self.min_objects, self.max_objects = int(min_objects), int(max_objects)
     self.test_holdout_fraction = float(test_holdout_fraction)
+    self.caption_style = caption_style
     all_pairs = [(c, s) for c in COLOR_NAMES for s in SHAPES]
     self._pairs = all_pairs if split == "test" else [p for p in all_pairs if p not in self.holdout]
     if len(self._pairs) < self.max_objects:
@@ -153,7 +158,7 @@ class ShapesSource:
                seed=config.seed, num_examples=config.num_train if split == "train" else config.num_test,
                holdout=config.holdout, captions_per_image=config.captions_per_image,
                min_objects=config.min_objects, max_objects=config.max_objects,
-               test_holdout_fraction=config.test_holdout_fraction)
+               test_holdout_fraction=config.test_holdout_fraction, caption_style=config.caption_style)
 
   def __len__(self) -> int:
     return self.num_examples
@@ -184,7 +189,8 @@ class ShapesSource:
         pairs[rng.integers(n)] = forced
     objects = self._layout(rng, pairs)
     background = sample_background(rng, [o["color"] for o in objects])
-    captions = make_captions(objects, background_name(background), self.captions_per_image, rng)
+    captions = make_captions(objects, background_name(background), self.captions_per_image, rng,
+                             self.caption_style)
     return {"background": background, "objects": objects, "captions": captions, "index": index}
 
   def _layout(self, rng: np.random.Generator, pairs: Sequence[tuple[str, str]]) -> list[dict]:

@@ -3,7 +3,9 @@
 Every caption mentions every object of its scene ("a small red circle to the left of a blue star"), so a
 caption fully names the object set. Relations are read from the scene's boxes and only used when they hold
 with a margin; `parse_caption` reads captions back (tests check them against the scene, and the oracle's CLI
-uses it to score images generated from captions alone).
+uses it to score images generated from captions alone). Style "templates" varies the wording; style "plain"
+lists the objects only, in a random order ("a red circle and a blue square", the form of Attend-and-Excite's
+benchmark prompts).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from t2i_common.data.shapes_render import COLOR_NAMES, SHAPES, SIZES
 
+CAPTION_STYLES = ("templates", "plain")
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 # A relation is stated only when the boxes are apart by this fraction of the image side along its axis, which
 # keeps it true after boxes are rounded to whole pixels (>= 1 px at 32 px).
@@ -130,8 +133,15 @@ def _maybe(text: str | None, fmt: str) -> str | None:
   return None if text is None else fmt.format(text)
 
 
-def make_captions(objs: Sequence[dict], background: str, count: int, rng: np.random.Generator) -> list[str]:
-  """`count` captions (distinct templates while there are enough) for objects with unit-square boxes."""
+def make_captions(objs: Sequence[dict], background: str, count: int, rng: np.random.Generator,
+                  style: str = "templates") -> list[str]:
+  """`count` captions for objects with unit-square boxes: distinct templates while there are enough (style
+  "templates"), or the objects' colour and shape only, each caption in its own random order (style "plain").
+  """
+  if style not in CAPTION_STYLES:
+    raise ValueError(f"unknown caption style {style!r}; use one of {CAPTION_STYLES}.")
+  if style == "plain":
+    return [_join([object_phrase(objs[i], False) for i in rng.permutation(len(objs))]) for _ in range(count)]
   builders = _templates(objs, background, rng)
   captions: list[str] = []
   order = list(rng.permutation(len(builders)))

@@ -1,0 +1,110 @@
+"""The neglect study (diffusion_jax/neglect_study.py): its captions, its figures, and the command end to end on a
+pipeline trained by the tiny shapes configs."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from diffusion_jax import neglect_study as ns
+from t2i_common.config import load_config
+
+
+def test_captions_are_two_object_plain_test_captions_with_their_subjects():
+  captions = ns.study_captions(40)
+  assert len(captions) == 40
+  for c in captions:
+    assert len(c["objects"]) == 2 and " and " in c["caption"]
+    first, second = c["caption"].split(" and ")
+    assert first.endswith(" ".join(c["objects"][0])) and second.endswith(" ".join(c["objects"][1]))
+    assert c["subjects"] == [c["objects"][0][1], c["objects"][1][1]]
+    assert c["held_out"] == (("purple", "star") in c["objects"])
+  # The test split forces a held-out pair into a quarter of its scenes: both groups are there.
+  assert {c["held_out"] for c in captions} == {True, False}
+  assert not any(c["held_out"] for c in ns.study_captions(40, holdout=()))
+  assert ns.study_captions(5, offset=35) == captions[35:]
+
+
+def test_figures_from_detections():
+  objects = [("red", "circle"), ("blue", "square")]
+  det = lambda *pairs: [{"color": c, "shape": s} for c, s in pairs]
+  cases = [
+      det(("red", "circle"), ("blue", "square")),         # both: all present, bound
+      det(("red", "circle")),                             # neglect
+      det(("blue", "circle"), ("red", "square")),         # both shapes, colours swapped: none found, unbound
+      det(("red", "circle"), ("red", "square"), ("green", "heart")),  # neglect; both shapes, one colour leaked
+      [],                                                 # nothing
+  ]
+  outcomes = [ns.pair_outcome(objects, d) for d in cases]
+  assert [o["found"] for o in outcomes] == [2, 1, 0, 1, 0]
+  assert [o["shapes"] for o in outcomes] == [2, 1, 2, 2, 0]
+  s = ns.summarize(outcomes)
+  assert s["num_images"] == 5 and s["all_present"] == pytest.approx(0.2) and s["neglect"] == pytest.approx(0.4)
+  assert s["none"] == pytest.approx(0.4) and s["object_recall"] == pytest.approx(4 / 10)
+  assert s["both_shapes"] == pytest.approx(0.6) and s["binding"] == pytest.approx(1 / 3)
+  assert [o["colours"] for o in outcomes] == [2, 1, 2, 1, 0] and s["both_colours"] == pytest.approx(0.4)
+  # A repeated shape word counts twice: two circles are needed for "a red circle and a blue circle".
+  twice = [("red", "circle"), ("blue", "circle")]
+  assert ns.pair_outcome(twice, det(("red", "circle")))["shapes"] == 1
+  assert ns.paired(outcomes, outcomes[::-1]) == {"rescued": 1, "lost": 1}
+  assert ns.summarize([ns.pair_outcome(objects, [])])["binding"] is None  # no image with both shapes
+
+
+def test_default_schedule_scales_the_papers():
+  assert ns.default_schedule(50) == ({0: 0.05, 10: 0.5, 20: 0.8}, 25)
+  assert ns.default_schedule(25) == ({0: 0.05, 5: 0.5, 10: 0.8}, 12)
+  assert ns.parse_thresholds("0:0.05, 4:0.5") == {0: 0.05, 4: 0.5}
+  with pytest.raises(SystemExit):
+    ns.build_parser().parse_args(["--pretrained", "x", "--out", "y", "--thresholds", "0.5"])
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+  import jax
+  from diffusion_jax.train import train_and_evaluate
+  # Compile time dominates: XLA's optimisations off, the fewest training steps, no VAE discriminator.
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  root = tmp_path_factory.mktemp("neglect_study")
+  vae = train_and_evaluate(load_config("configs/diffusion/shapes_vae.py:tiny", [
+      "train.num_steps=2", "model.discriminator.enabled=False"]), str(root / "vae"))
+  # The export samples 8 images with 2 steps at guidance 4 (the tiny config): the study's plain arm below
+  # samples the same batch shape and reuses that compiled sampler.
+  ldm = train_and_evaluate(load_config("configs/diffusion/shapes_ldm.py:tiny", [
+      f"model.vae_path={vae['vae']}", "train.num_steps=2"]), str(root / "ldm"))
+  yield ldm["pipeline"]
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+def test_command_end_to_end(tiny_pipeline, tmp_path):
+  out = tmp_path / "study"
+  results = ns.main(["--pretrained", tiny_pipeline, "--out", str(out), "--num-captions", "4", "--seeds", "0,1",
+                     "--steps", "2", "--guidance", "4", "--scale-factor", "5,40", "--max-iter-to-alter", "2",
+                     "--subject-words", "shape,colour",
+                     "--thresholds", "0:0.9", "--batch-size", "8", "--grid-captions", "2",
+                     "--attention-images", "1"])
+  arms = list(results["arms"])
+  assert arms == ["plain", "A&E sf=5 iters=2", "A&E sf=40 iters=2", "A&E sf=5 iters=2 on colours",
+                  "A&E sf=40 iters=2 on colours"]
+  for name in arms:
+    arm = results["arms"][name]
+    assert arm["num_images"] == 8 and len(arm["per_image"]) == 8
+    assert 0.0 <= arm["all_present"] <= 1.0 and arm["time_per_image_s"] > 0
+    assert arm["seen"]["num_images"] + arm["held_out"]["num_images"] == 8
+    assert "object_recall" in arm["oracle"]
+  # Every arm samples the same captions with the same seeds.
+  assert len({tuple((r["caption"], r["seed"]) for r in results["arms"][a]["per_image"]) for a in arms}) == 1
+  assert results["arms"]["A&E sf=40 iters=2"]["vs_plain"].keys() == {"rescued", "lost"}
+  # Each arm excites its own words: the shape words, or the colour words of the same captions.
+  for shape_rec, colour_rec in zip(results["arms"]["A&E sf=5 iters=2"]["per_image"],
+                                   results["arms"]["A&E sf=5 iters=2 on colours"]["per_image"]):
+    assert [f"{c} {s}" for c, s in zip(colour_rec["subjects"], shape_rec["subjects"])] == [
+        " ".join(p.split()[-2:]) for p in shape_rec["caption"].split(" and ")]
+  with open(out / "study.json") as f:
+    assert json.load(f)["arms"].keys() == results["arms"].keys()
+  table = (out / "study.md").read_text()
+  assert "| all_present |" in table and "A&E sf=5 iters=2" in table
+  assert os.path.getsize(out / "grid.png") > 0
+  assert os.path.isfile(out / "attention_00.png") and not os.path.exists(out / "attention_01.png")
+  with pytest.raises(FileNotFoundError, match="model_index.json"):
+    ns.main(["--pretrained", str(tmp_path), "--out", str(out)])
