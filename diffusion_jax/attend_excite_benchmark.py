@@ -40,6 +40,7 @@ import numpy as np
 
 from diffusion_jax.attend_excite_prompts import PROMPTS
 from diffusion_jax.clip_score import ClipScorer, split_prompt, to_uint8
+from diffusion_jax.tokenizer import has_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   parser.add_argument("--pretrained", required=True, help="diffusers Stable Diffusion folder (the paper: SD 1.4)")
   parser.add_argument("--clip", required=True, help="transformers CLIPModel folder (the paper: ViT-B/16)")
   parser.add_argument("--clip-tokenizer", default=None,
-                      help="folder with the CLIP tokenizer's vocab.json + merges.txt (default: the --clip folder if "
-                           "it has them, else the pipeline's tokenizer/, the same CLIP BPE)")
+                      help="folder with the CLIP tokenizer (vocab.json + merges.txt, or tokenizer.json; default: "
+                           "the --clip folder if it has one, else the pipeline's tokenizer/, the same CLIP BPE)")
   parser.add_argument("--subset", default="all", choices=SUBSETS + ("all",))
   parser.add_argument("--seeds", type=int, default=64, help="seeds 0 .. N-1 per prompt (the paper: 64)")
   parser.add_argument("--out", required=True, help="output folder (resumable)")
@@ -304,8 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   import diffusion_jax
   tokenizer_folder = args.clip_tokenizer
   if tokenizer_folder is None:
-    tokenizer_folder = args.clip if os.path.isfile(os.path.join(args.clip, "vocab.json")) else os.path.join(
-        args.pretrained, "tokenizer")
+    tokenizer_folder = args.clip if has_tokenizer(args.clip) else os.path.join(args.pretrained, "tokenizer")
     if tokenizer_folder != args.clip:
       log.info("no tokenizer in %s; CLIP texts are tokenized with %s.", args.clip, tokenizer_folder)
   scorer = ClipScorer.from_pretrained(args.clip, tokenizer_folder)  # load it first: fail before hours of sampling

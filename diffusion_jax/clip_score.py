@@ -26,7 +26,7 @@ import numpy as np
 
 from diffusion_jax.imagenet_templates import IMAGENET_TEMPLATES
 from diffusion_jax.models.clip_model import CLIPModel, load_clip, normalize
-from diffusion_jax.tokenizer import CLIPTokenizer
+from diffusion_jax.tokenizer import CLIPTokenizer, has_tokenizer
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -136,12 +136,13 @@ class ClipScorer:
   @classmethod
   def from_pretrained(cls, folder: str, tokenizer_folder: Optional[str] = None, *, dtype: Any = jnp.float32,
                       batch_size: int = 64) -> "ClipScorer":
-    """A transformers CLIPModel folder; the tokenizer (vocab.json + merges.txt) from tokenizer_folder, default
-    the model folder (the hub's openai/clip-vit-* folders hold both)."""
+    """A transformers CLIPModel folder; the tokenizer (vocab.json + merges.txt, or tokenizer.json) from
+    tokenizer_folder, default the model folder (the hub's openai/clip-vit-* folders hold both)."""
     tokenizer_folder = tokenizer_folder or folder
-    if not os.path.isfile(os.path.join(tokenizer_folder, "vocab.json")):
-      raise FileNotFoundError(f"no CLIP tokenizer (vocab.json, merges.txt) in {tokenizer_folder!r}; pass the folder "
-                              "of one (any CLIP BPE tokenizer folder, e.g. a Stable Diffusion folder's tokenizer/).")
+    if not has_tokenizer(tokenizer_folder):
+      raise FileNotFoundError(f"no CLIP tokenizer (vocab.json + merges.txt, or tokenizer.json) in "
+                              f"{tokenizer_folder!r}; pass the folder of one (any CLIP BPE tokenizer folder, e.g. a "
+                              "Stable Diffusion folder's tokenizer/).")
     model, variables = load_clip(folder, dtype)
     tokenizer = CLIPTokenizer.from_folder(tokenizer_folder)
     return cls(model, variables, tokenizer, batch_size=batch_size)

@@ -241,6 +241,13 @@ class CLIPTokenizer:
 _PUNCT = ".,!?;:'\"()[]{}"
 
 
+def has_tokenizer(folder: str) -> bool:
+  """Whether `folder` holds a CLIP tokenizer of either layout that `CLIPTokenizer.from_folder` reads."""
+  def exists(*names):
+    return all(os.path.isfile(os.path.join(folder, n)) for n in names)
+  return exists("vocab.json", "merges.txt") or exists("tokenizer.json")
+
+
 def _read_json(path: str) -> dict:
   if not os.path.isfile(path):
     return {}

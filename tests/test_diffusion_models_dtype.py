@@ -57,4 +57,6 @@ def test_vae_and_text_encoder_bf16():
 
   v32, v16, t32, t16 = run(vae_vars, text_vars)
   assert v16.dtype == jnp.float32 and t16.dtype == jnp.float32
-  assert _rel(v16, v32) < 3e-2 and _rel(t16, t32) < 3e-2
+  # bf16 keeps 8 bits of mantissa: through the VAE's encoder and decoder the relative error measured 2.5-3.4 %
+  # (by XLA's optimisation level); a dtype mistake gives errors of order 1.
+  assert _rel(v16, v32) < 5e-2 and _rel(t16, t32) < 3e-2
