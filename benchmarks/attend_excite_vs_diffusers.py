@@ -36,7 +36,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sample_vs_diffusers import ROOT, _fmt, _peak_rss_gib, machine, write_folder  # noqa: E402
+from _measure import fmt, machine, peak_rss_gib  # noqa: E402
+from sample_vs_diffusers import ROOT, write_folder  # noqa: E402
 
 PROMPT, INDICES = "a cat and a frog", [2, 5]
 # (image size (None: the folder's), attention map side) per configuration
@@ -87,7 +88,7 @@ def bench_diffusers(folder: str, args) -> dict:
   if args.torch_device == "cuda":
     torch.cuda.synchronize()
   out = {"compile_s": None, "sample_s": time.perf_counter() - start, "unet_calls": calls["n"],
-         "peak_rss_gib": _peak_rss_gib()}
+         "peak_rss_gib": peak_rss_gib()}
   if args.torch_device == "cuda":
     out["device_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
   return out
@@ -116,7 +117,7 @@ def bench_jax(folder: str, args, plain: bool = False) -> dict:
   t = pipe.last_timings
   grads = "" if plain else f" + {t['num_gradient_evals']} gradient (batched)"
   out = {"compile_s": compile_s, "sample_s": t["run_s"], "unet_calls": f"{t['num_model_evals']} guided{grads}",
-         "peak_rss_gib": _peak_rss_gib()}
+         "peak_rss_gib": peak_rss_gib()}
   dev = jax.devices()[0]
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
@@ -228,13 +229,13 @@ def main(argv=None) -> None:
   for name, batch, res in rows:
     for side in SIDES:
       r = res[side]
-      print(f"| {name} | {batch} | {side} | {_fmt(r['compile_s'], '.1f')} | {_fmt(r['sample_s'])} | "
-            f"{r['unet_calls']} | {_fmt(r.get(mem_key), '.2f')} |")
+      print(f"| {name} | {batch} | {side} | {fmt(r['compile_s'], '.1f')} | {fmt(r['sample_s'])} | "
+            f"{r['unet_calls']} | {fmt(r.get(mem_key), '.2f')} |")
     d, j = res["diffusers"], res["diffusion_jax"]
     print(f"| {name} | {batch} | ratio jax/diffusers | | {j['sample_s'] / d['sample_s']:.2f} | | "
-          f"{_fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
+          f"{fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
     print(f"| {name} | {batch} | memory A&E / plain (jax) | | | | "
-          f"{_fmt(j.get(mem_key) / res['diffusion_jax plain'].get(mem_key), '.2f')} |")
+          f"{fmt(j.get(mem_key) / res['diffusion_jax plain'].get(mem_key), '.2f')} |")
 
 
 if __name__ == "__main__":

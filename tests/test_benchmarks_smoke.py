@@ -60,3 +60,15 @@ def test_child_peak_memory_is_its_own():
   child = _measure.run_child([sys.executable, "-c", code], "child")
   assert 0 < child["peak"] < 0.1, child
   del ballast
+
+
+@pytest.mark.parametrize("script", ["sample_vs_diffusers.py", "attend_excite_vs_diffusers.py",
+                                    "attngan_train_vs_torch.py"])
+def test_every_benchmark_script_starts(script):
+  # Their full runs take minutes and are not in the suite; this catches a broken import or argument parser
+  # (e.g. a helper renamed in benchmarks/_measure.py).
+  import subprocess
+  done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--help"], capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "usage:" in done.stdout
