@@ -1,6 +1,9 @@
 """Test session set-up: 8 fake CPU devices so sharding code runs as on a pod slice."""
+import contextlib
 import os
 import sys
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
@@ -10,3 +13,31 @@ if "xla_force_host_platform_device_count" not in flags:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+@contextlib.contextmanager
+def _jax_config(**values):
+  import jax
+  previous = {name: jax.config.values[name] for name in values}
+  for name, value in values.items():
+    jax.config.update(name, value)
+  try:
+    yield
+  finally:
+    for name, value in previous.items():
+      jax.config.update(name, value)
+
+
+@pytest.fixture
+def fast_compile():
+  """XLA's optimisations off while the test compiles tiny models (compile time dominates them; the numerics the
+  tests check do not change); restored afterwards."""
+  with _jax_config(jax_disable_most_optimizations=True):
+    yield
+
+
+@pytest.fixture(scope="module")
+def fast_compile_module():
+  """`fast_compile` for a whole module (`pytestmark = pytest.mark.usefixtures("fast_compile_module")`)."""
+  with _jax_config(jax_disable_most_optimizations=True):
+    yield

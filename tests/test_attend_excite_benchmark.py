@@ -168,16 +168,6 @@ from diffusion_fixtures import tiny_sd1  # noqa: E402,F401  (fixture)
 STEPS = 2
 
 
-@pytest.fixture
-def fast_compile():
-  """XLA's cheap settings while compiling the tiny sampler (its compile dominates this test); restored after."""
-  import jax
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
   pytest.importorskip("transformers", reason="the tiny CLIP folder is written with transformers")

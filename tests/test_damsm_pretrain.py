@@ -17,15 +17,6 @@ from t2i_common.config import load_config
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "attngan", "damsm_shapes.py")
 
 
-@pytest.fixture
-def fast_compile():
-  """XLA optimisations off: compile time dominates a 3-step run of a tiny model."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def test_pretrain_damsm_tiny_end_to_end(tmp_path, fast_compile):
   config = load_config(CONFIG + ":tiny")
   result = train_and_evaluate(config, str(tmp_path / "run"))

@@ -27,13 +27,8 @@ NEGATIVE = ["blurry", "a green bird"]
 TOL = 2e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  # Compile time dominates these tiny models; XLA's optimisations do not change the numerics checked here.
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+# Compile time dominates these tiny models; XLA's optimisations do not change the numerics checked here.
+pytestmark = pytest.mark.usefixtures("fast_compile_module")
 
 
 @pytest.fixture(scope="module")
