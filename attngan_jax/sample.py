@@ -31,18 +31,10 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-
-def _bool(text: str) -> bool:
-  low = text.lower()
-  if low in ("true", "1", "yes"):
-    return True
-  if low in ("false", "0", "no"):
-    return False
-  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from t2i_common.cli_args import errors_as_exit, parse_bool, parse_seeds, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from diffusion_jax.sample import parse_seeds, positive_int
   p = argparse.ArgumentParser(prog="python -m attngan_jax.sample", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--workdir", default=None, help="run folder of attngan_jax.train (uses <workdir>/generator)")
@@ -50,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--text_encoder", default=None, help="converted DAMSM text encoder directory (with --generator)")
   p.add_argument("--vocab", default=None, help="captions.pickle or vocab.json (default: beside the text encoder)")
   p.add_argument("--words_num", type=positive_int, default=None, help="caption length (default: the run's, else 18)")
-  p.add_argument("--reference_mask_bug", type=_bool, default=None,
+  p.add_argument("--reference_mask_bug", type=parse_bool, default=None,
                  help="reference attention-mask tiling (default: the run's; true for reference generators)")
   p.add_argument("--caption", action="append", default=[], help="a caption (repeat for several)")
   p.add_argument("--captions", default=None, help="text file with one caption per line")
@@ -170,10 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
-  try:
+  with errors_as_exit():  # bad paths, captions or options: a message, not a traceback
     run(args)
-  except (ValueError, FileNotFoundError) as e:  # bad paths, captions or options: a message, not a traceback
-    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

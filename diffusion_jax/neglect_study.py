@@ -33,14 +33,14 @@ import collections
 import itertools
 import json
 import os
-import sys
 import time
 import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from diffusion_jax.sample import parse_seeds, positive_int
+from t2i_common.cli_args import (comma_separated, errors_as_exit, parse_resolution, parse_seeds, parse_step_values,
+                                  positive_int)
 
 # The paper's schedule for 50 steps; scaled to the number of steps sampled (see `default_schedule`).
 PAPER_STEPS = 50
@@ -313,41 +313,11 @@ def save_grid(results: dict, images: dict, path: str, num_captions: int) -> str:
   return path
 
 
-def parse_thresholds(text: str) -> dict[int, float]:
-  """"0:0.05,5:0.5,10:0.8" -> {0: 0.05, 5: 0.5, 10: 0.8}."""
-  out = {}
-  for part in filter(None, (p.strip() for p in text.split(","))):
-    try:
-      step, value = part.split(":")
-      out[int(step)] = float(value)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"--thresholds {text!r}: expected step:value pairs like 0:0.05,5:0.5.")
-  return out
-
-
-def _floats(text: str) -> list[float]:
-  try:
-    return [float(v) for v in text.split(",") if v.strip()]
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}.") from None
-
-
-def _ints(text: str) -> list[int]:
-  return [positive_int(v) for v in text.split(",") if v.strip()]
-
-
 def _words(text: str) -> list[str]:
   words = [w.strip() for w in text.split(",") if w.strip()]
   if not words or any(w not in SUBJECT_WORDS for w in words):
     raise argparse.ArgumentTypeError(f"--subject-words {text!r}: choose from {SUBJECT_WORDS}, comma-separated.")
   return words
-
-
-def _resolution(text: str) -> tuple[int, int]:
-  parts = _ints(text)
-  if len(parts) != 2:
-    raise argparse.ArgumentTypeError(f"--attn-res takes h,w (e.g. 8,8), got {text!r}.")
-  return tuple(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,15 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seeds", type=parse_seeds, default=[0], help="seeds per caption, e.g. 0-3 (all arms share them)")
   p.add_argument("--steps", type=positive_int, default=25, help="sampling steps")
   p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
-  p.add_argument("--scale-factor", type=_floats, default=[20.0], help="A&E step size(s); several make a sweep")
+  p.add_argument("--scale-factor", type=comma_separated(float), default=[20.0],
+                 help="A&E step size(s); several make a sweep")
   p.add_argument("--subject-words", type=_words, default=["shape"],
                  help="words A&E excites: shape (the paper's nouns), colour, or both as two arms (shape,colour)")
-  p.add_argument("--max-iter-to-alter", type=_ints, default=None,
+  p.add_argument("--max-iter-to-alter", type=comma_separated(positive_int), default=None,
                  help="A&E steps with a latent update (default: half the steps, as the paper's 25 of 50)")
-  p.add_argument("--thresholds", type=parse_thresholds, default=None,
-                 help="step:threshold pairs (default: the paper's scaled to --steps)")
-  p.add_argument("--attn-res", type=_resolution, default=None,
-                 help="h,w of the cross-attention maps (default: the UNet's largest cross-attention resolution)")
+  p.add_argument("--thresholds", type=parse_step_values, default=None,
+                 help="step:threshold pairs, or none for no refinement (default: the paper's scaled to --steps)")
+  p.add_argument("--attn-res", type=parse_resolution, default=None,
+                 help="h,w (or one number) of the cross-attention maps (default: the UNet's largest "
+                 "cross-attention resolution)")
   p.add_argument("--no-smoothing", action="store_true",
                  help="A&E without the Gaussian smoothing of the maps (on 8 x 8 maps it lowers one-pixel peaks "
                       "by two thirds)")
@@ -416,7 +388,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-  try:
+  with errors_as_exit("neglect_study"):
     main()
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"neglect_study: {e}")

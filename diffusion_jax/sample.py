@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from typing import Optional, Sequence
@@ -30,32 +29,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-
-def parse_seeds(text: str) -> list[int]:
-  """"0,1,2" or a range "0-7" (or a mix, "0-3,10") -> list of ints."""
-  seeds = []
-  for part in text.split(","):
-    part = part.strip()
-    if not part:
-      continue
-    m = re.fullmatch(r"(\d+)-(\d+)", part)
-    try:
-      seeds += list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(part)]
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected integers like 0,1,2 or a range 0-7.") from None
-  if not seeds:
-    raise argparse.ArgumentTypeError("--seeds is empty.")
-  return seeds
-
-
-def positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return value
+from t2i_common.cli_args import (comma_separated, errors_as_exit, parse_resolution, parse_seeds, parse_step_values,
+                                  positive_int)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,12 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
   ae.add_argument("--token-indices", type=per_prompt_lists(int), default=None,
                   help="token positions instead of words, e.g. 2,5 (see Pipeline.get_indices)")
   ae.add_argument("--max-iter-to-alter", type=int, default=25, help="update the latents at loop steps below this")
-  ae.add_argument("--thresholds", type=parse_thresholds, default=None,
+  ae.add_argument("--thresholds", type=parse_step_values, default=None,
                   help="iterative-refinement steps and thresholds, step:threshold,... (default: the paper's "
                   "0:0.05,10:0.5,20:0.8 where the loop has those steps; 'none' for no refinement)")
   ae.add_argument("--scale-factor", type=float, default=20.0, help="step size scale")
-  ae.add_argument("--scale-range", type=parse_floats(2), default=(1.0, 0.5), help="step size range start,end")
-  ae.add_argument("--attn-res", type=parse_res, default=(16, 16), help="attention map size, 16 or 16x16")
+  ae.add_argument("--scale-range", type=comma_separated(float, count=2), default=(1.0, 0.5),
+                  help="step size range start,end")
+  ae.add_argument("--attn-res", type=parse_resolution, default=(16, 16), help="attention map size, 16 or 16x16 (height x width)")
   ae.add_argument("--no-smooth", action="store_true", help="no Gaussian smoothing of the maps")
   ae.add_argument("--sigma", type=float, default=0.5, help="smoothing sigma")
   ae.add_argument("--kernel-size", type=int, default=3, help="smoothing kernel size")
@@ -91,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
   ae.add_argument("--sd-2-1", action="store_true", help="token softmax up to the prompt's last token")
   ae.add_argument("--save-attention", action="store_true",
                   help="also sample without Attend-and-Excite and write attention-map grids")
-  ae.add_argument("--attention-steps", type=parse_ints, default=None,
+  ae.add_argument("--attention-steps", type=comma_separated(int), default=None,
                   help="loop steps of the attention pictures (default: first, middle and last altered step)")
   return p
 
@@ -108,45 +84,6 @@ def per_prompt_lists(kind):
       raise argparse.ArgumentTypeError(f"{text!r}: expected {kind.__name__}s like 2,5 or 2,5;3,6.") from None
     return groups[0] if len(groups) == 1 else groups
   return parse
-
-
-def parse_ints(text: str) -> list[int]:
-  try:
-    return [int(x) for x in text.split(",") if x.strip()]
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r}: expected integers like 0,10,24.") from None
-
-
-def parse_floats(n: int):
-  def parse(text: str) -> tuple[float, ...]:
-    try:
-      values = tuple(float(x) for x in text.split(","))
-    except ValueError:
-      values = ()
-    if len(values) != n:
-      raise argparse.ArgumentTypeError(f"{text!r}: expected {n} comma-separated numbers.")
-    return values
-  return parse
-
-
-def parse_thresholds(text: str) -> dict[int, float]:
-  """"0:0.05,10:0.5" -> {0: 0.05, 10: 0.5}; "" or "none" -> {}."""
-  if text.strip().lower() in ("", "none"):
-    return {}
-  out = {}
-  for part in text.split(","):
-    m = re.fullmatch(r"\s*(\d+)\s*:\s*([-+0-9.eE]+)\s*", part)
-    if not m:
-      raise argparse.ArgumentTypeError(f"--thresholds {text!r}: expected step:threshold pairs like 0:0.05,10:0.5.")
-    out[int(m.group(1))] = float(m.group(2))
-  return out
-
-
-def parse_res(text: str) -> tuple[int, int]:
-  m = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
-  if not m:
-    raise argparse.ArgumentTypeError(f"--attn-res {text!r}: expected 16 or 16x16 (height x width).")
-  return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
 def run(args: argparse.Namespace) -> list[str]:
@@ -248,10 +185,8 @@ def _save_attention(pipe, args, images, captions, common, ae_kwargs, steps) -> l
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
-  try:
+  with errors_as_exit():  # bad folder, options or sizes: a message, not a traceback
     run(args)
-  except (ValueError, FileNotFoundError) as e:  # bad folder, options or sizes: a message, not a traceback
-    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

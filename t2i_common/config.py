@@ -6,6 +6,7 @@ configs users run. Configs are locked: an unknown key fails at once and names th
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import importlib.util
@@ -14,6 +15,8 @@ import os
 from typing import Any, Sequence
 
 import ml_collections
+
+from t2i_common.cli_args import parse_bool
 
 
 class ConfigError(ValueError):
@@ -37,12 +40,10 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
   if isinstance(current, str):
     return text
   if isinstance(current, bool):
-    low = text.lower()
-    if low in ("true", "1", "yes"):
-      return True
-    if low in ("false", "0", "no"):
-      return False
-    raise ConfigError(f"override {key}={text!r}: expected a boolean (true/false).")
+    try:
+      return parse_bool(text)
+    except argparse.ArgumentTypeError:
+      raise ConfigError(f"override {key}={text!r}: expected a boolean (true/false).") from None
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):

@@ -53,9 +53,10 @@ def test_figures_from_detections():
 def test_default_schedule_scales_the_papers():
   assert ns.default_schedule(50) == ({0: 0.05, 10: 0.5, 20: 0.8}, 25)
   assert ns.default_schedule(25) == ({0: 0.05, 5: 0.5, 10: 0.8}, 12)
-  assert ns.parse_thresholds("0:0.05, 4:0.5") == {0: 0.05, 4: 0.5}
+  args = ["--pretrained", "x", "--out", "y", "--thresholds"]
+  assert ns.build_parser().parse_args(args + ["0:0.05, 4:0.5"]).thresholds == {0: 0.05, 4: 0.5}
   with pytest.raises(SystemExit):
-    ns.build_parser().parse_args(["--pretrained", "x", "--out", "y", "--thresholds", "0.5"])
+    ns.build_parser().parse_args(args + ["0.5"])
 
 
 @pytest.fixture(scope="module")

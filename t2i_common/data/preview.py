@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from t2i_common.cli_args import positive_int
 from t2i_common.config import apply_override
 from t2i_common.data.config import NAMES, data_config
 from t2i_common.data.loader import iterate_eval, make_loader, make_source
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--dataset", required=True, choices=NAMES)
   parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--num", type=int, default=16, help="number of examples")
+  parser.add_argument("--num", type=positive_int, default=16, help="number of examples")
   parser.add_argument("--resolution", type=int, default=64, help="image size")
   parser.add_argument("--split", default="train", help="train or test")
   parser.add_argument("--data_dir", default="", help="folder root (folder) or TFDS data dir (cub, coco)")
@@ -82,8 +83,6 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="data config override, e.g. --set folder.test_fraction=0.2 (repeatable)")
   args = parser.parse_args(argv)
-  if args.num < 1:
-    parser.error("--num must be >= 1")
   config = data_config(args.dataset, image_sizes=(args.resolution,), data_dir=args.data_dir)
   if args.manual_dir:
     if args.dataset not in ("cub", "coco"):

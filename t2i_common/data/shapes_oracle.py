@@ -24,13 +24,13 @@ import argparse
 import collections
 import json
 import os
-import sys
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from t2i_common.cli_args import errors_as_exit
 from t2i_common.data.records import iter_jsonl
 from t2i_common.data.shapes_captions import parse_caption
 from t2i_common.data.shapes_render import COLOR_NAMES, COLORS, SHAPES, coverage, unit_moments
@@ -306,7 +306,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  try:
+  with errors_as_exit("shapes_oracle"):
     main()
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"shapes_oracle: {e}")
