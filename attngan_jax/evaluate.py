@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from t2i_common.logging import setup_cli_logging
+from t2i_common.entry_point import run_config_command
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "attngan.json"
@@ -156,23 +156,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, generator: Opti
   return write_eval_json(workdir, RESULT_FILE, result)
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags
-  setup_cli_logging()
-  f = flags.FLAGS
-  result = evaluate(f.config, f.workdir, generator=f.generator, num_images=f.num_images)
+def main(args) -> None:
+  result = evaluate(args.config, args.workdir, generator=args.generator, num_images=args.num_images)
   for line in result["summary"]:
     print(line)
   print(f"wrote {result.get('path')}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "AttnGAN config file (path.py[:variant]).", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run folder of attngan_jax.train; results go to <workdir>/eval.")
+  from absl import flags
   flags.DEFINE_string("generator", None, "Generator to score instead of <workdir>/generator (see the docstring).")
   flags.DEFINE_integer("num_images", None, "Images to generate (default: config.eval.num_images).")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  run_config_command(main, config_kind="AttnGAN",
+                     workdir_help="Run folder of attngan_jax.train; results go to <workdir>/eval.")

@@ -24,7 +24,8 @@ from attngan_jax.pretrain_damsm import load_vocabulary
 from attngan_jax.r_precision import DAMSMScorer, r_precision, summary
 from t2i_common import parallel
 from t2i_common.checkpoint import Checkpointer
-from t2i_common.logging import setup_cli_logging, write_eval_json
+from t2i_common.entry_point import run_config_command
+from t2i_common.logging import write_eval_json
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +84,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, split: str = "t
   return write_eval_json(workdir, "r_precision.json" if split == "test" else f"r_precision_{split}.json", result)
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags
-  setup_cli_logging()
-  f = flags.FLAGS
-  result = evaluate(f.config, f.workdir, split=f.split, encoders=f.encoders)
+def main(args) -> None:
+  result = evaluate(args.config, args.workdir, split=args.split, encoders=args.encoders)
   print(summary(result))
   print(json.dumps(result))
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "DAMSM config file (path.py[:variant]).", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run folder of pretrain_damsm (exported encoders or checkpoints).")
+  from absl import flags
   flags.DEFINE_string("split", "test", "Dataset split to score.")
   flags.DEFINE_string("encoders", None, "Directory with text_encoder/ and image_encoder/ to score instead.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  run_config_command(main, config_kind="DAMSM",
+                     workdir_help="Run folder of pretrain_damsm (exported encoders or checkpoints).")

@@ -24,7 +24,7 @@ from attngan_jax.gan.hooks import EvalHook, SampleHook
 from attngan_jax.gan.trainer import GENERATOR_DIR, GANTrainer, GANTrainLoop, load_damsm
 from t2i_common import parallel
 from t2i_common.data.loader import make_loader
-from t2i_common.logging import setup_cli_logging
+from t2i_common.entry_point import run_config_command
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return result
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags
-  setup_cli_logging()
-  result = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(result)
+def main(args) -> None:
+  print(train_and_evaluate(args.config, args.workdir))
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "AttnGAN config file (path.py[:variant]).", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, samples, the exported generator.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  run_config_command(main, config_kind="AttnGAN",
+                     workdir_help="Run folder: checkpoints, metrics, samples, the exported generator.")

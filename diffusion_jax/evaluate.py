@@ -24,7 +24,8 @@ from typing import Any, Optional, Sequence
 
 import ml_collections
 
-from t2i_common.logging import setup_cli_logging, write_eval_json
+from t2i_common.entry_point import run_config_command
+from t2i_common.logging import write_eval_json
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, pretrained: Optional[str] = None,
@@ -93,21 +94,15 @@ def restoration_scores(pipe: Any, hook: Any, timesteps: Sequence[int]) -> dict[i
   return results
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags
-  setup_cli_logging()
-  f = flags.FLAGS
-  print(json.dumps(evaluate(f.config, f.workdir, pretrained=f.pretrained, restore_from=f.restore_from or ())))
+def main(args) -> None:
+  print(json.dumps(evaluate(args.config, args.workdir, pretrained=args.pretrained,
+                            restore_from=args.restore_from or ())))
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "LDM config file (path.py[:variant]).", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run folder of diffusion_jax.train (holds pipeline/); outputs go here.")
+  from absl import flags
   flags.DEFINE_string("pretrained", None, "Pipeline folder to evaluate instead of <workdir>/pipeline.")
   flags.DEFINE_list("restore_from", [], "Timesteps to noise the test images' latents to and denoise from "
                     "(shapes data), e.g. 0,200,400,600; see the module docstring.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  run_config_command(main, config_kind="LDM",
+                     workdir_help="Run folder of diffusion_jax.train (holds pipeline/); outputs go here.")

@@ -13,12 +13,10 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
 
 from t2i_common import parallel
 from t2i_common.data.loader import iterate_eval, make_loader
-from t2i_common.logging import setup_cli_logging
+from t2i_common.entry_point import run_config_command
 from t2i_common.train_loop import TrainLoop
 
 log = logging.getLogger(__name__)
@@ -71,18 +69,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return result
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (path.py[:variant]).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, pictures, exported models.")
-
-
-def main(argv):
-  del argv
-  setup_cli_logging()
-  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  print({k: v for k, v in result.items()})
+def main(args) -> None:
+  print(train_and_evaluate(args.config, args.workdir))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  run_config_command(main, config_kind="Training",
+                     workdir_help="Run folder: checkpoints, metrics, pictures, exported models.")
