@@ -18,8 +18,9 @@ images) + KL; the generator's EMA (0.999). Adam(0.5, 0.999), lr 2e-4 for G and e
 - PyTorch (eager): G_NET / D_NET* of tests/helpers/attngan_torch.py, the reference losses of
   tests/helpers/attngan_torch_losses.py (BCE on sigmoid outputs, the per-caption DAMSM word loss), the DAMSM
   encoders of tests/test_damsm_parity.py (RNN_ENCODER; CNN_ENCODER = Inception-v3 at 299 px), the reference's
-  Adam and EMA. For base sizes below the reference's 64 (shapes) and the shapes DAMSM's small CNN, which the
-  reference does not have, this file states the same generalisation attngan_jax makes (see `_torch_models`).
+  Adam and EMA. Base sizes below the reference's 64 (shapes) use attngan_torch's `base_size`, the same
+  generalisation attngan_jax makes; the shapes DAMSM's small CNN, which the reference does not have, is restated
+  in `_torch_models`.
 Random weights on both sides (timing only); the parent checks that both sides' G and D parameter counts agree.
 
 Measured per side, each in its own subprocess (clean peak memory, no shared thread pools):
@@ -203,80 +204,29 @@ def bench_jax(spec: dict, repeats: int) -> dict:
 def _torch_models(spec: dict):
   """(G_NET, [D per stage], text encoder, image encoder) of the spec, at the reference initialisation.
 
-  Base sizes below 64 (shapes) have no reference: as attngan_jax (attngan_jax.gan.generator / discriminator),
-  the first stage starts from gf_dim * 2^n channels with n = log2(base / 4) upBlocks, and a discriminator of
-  S < 64 keeps the last log2(S / 4) of encode_image_by_16times's convs. The shapes DAMSM's small CNN
-  (attngan_jax.damsm.small_cnn) and text-encoder sizes are restated likewise.
+  Base sizes below 64 (shapes) have no reference: tests/helpers/attngan_torch.py generalises G_NET and the
+  discriminators as attngan_jax does (its `base_size`); the text encoder of tests/test_damsm_parity.py takes the
+  shapes DAMSM's sizes. The shapes DAMSM's small CNN (attngan_jax.damsm.small_cnn), which the reference does not
+  have, is restated here.
   """
-  import torch
   from torch import nn
   from torch.nn import functional as F
-  from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-  from attngan_torch import (D_NET64, D_NETS, G_NET, INIT_STAGE_G, TorchGanConfig, conv3x3, up_block,
-                             weights_init)
+  from attngan_torch import G_NET, TorchGanConfig, discriminators, weights_init
   from test_damsm_parity import TorchCNNEncoder, TorchTextEncoder
 
   m = spec["model"]
   cfg = TorchGanConfig(gf_dim=m["gf_dim"], df_dim=m["df_dim"], r_num=m["r_num"], branch_num=m["branch_num"],
-                       z_dim=m["z_dim"], condition_dim=m["condition_dim"], embedding_dim=m["embedding_dim"],
-                       mask_bug=m["reference_mask_bug"])
-  n_up = {8: 1, 16: 2, 32: 3, 64: 4}[m["base_size"]]
-
-  class InitStage(INIT_STAGE_G):
-    """INIT_STAGE_G with n_up upBlocks from gf_dim * 2^n_up channels (the reference: 4 from 16 gf_dim)."""
-
-    def __init__(self):
-      super().__init__(cfg.gf_dim * 2 ** n_up, cfg)
-      for i in range(n_up + 1, 5):
-        delattr(self, f"upsample{i}")
-
-    def forward(self, z, c):
-      x = self.fc(torch.cat((c, z), 1)).view(-1, self.gf_dim, 4, 4)
-      for i in range(1, n_up + 1):
-        x = getattr(self, f"upsample{i}")(x)
-      return x
-
-  def discriminator(size):
-    if size >= 64:
-      return D_NETS[size](cfg)
-    net = D_NET64(cfg)
-    convs = {8: 1, 16: 2, 32: 3}[size]
-    ndf, layers = cfg.df_dim, []
-    for i in range(convs):
-      cin, cout = (3 if i == 0 else ndf * 8 // 2 ** (convs - i)), ndf * 8 // 2 ** (convs - 1 - i)
-      layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False)] + ([nn.BatchNorm2d(cout)] if i else [])
-      layers.append(nn.LeakyReLU(0.2, inplace=True))
-    net.img_code_s16 = nn.Sequential(*layers)
-    return net
-
+                       base_size=m["base_size"], z_dim=m["z_dim"], condition_dim=m["condition_dim"],
+                       embedding_dim=m["embedding_dim"], mask_bug=m["reference_mask_bug"])
   net_g = G_NET(cfg)
-  if n_up != 4:
-    net_g.h_net1 = InitStage()
   net_g.apply(weights_init)
-  nets_d = [discriminator(s) for s in spec["sizes"]]
+  nets_d = discriminators(cfg)
   for net in nets_d:
     net.apply(weights_init)
 
   d = spec["damsm"]
   dim = cfg.embedding_dim
-  if d["text_embed"] == 300 and dim == 256:
-    text_encoder = TorchTextEncoder(d["n_words"])  # the reference RNN_ENCODER's sizes
-  else:
-    class SizedTextEncoder(nn.Module):
-      """TorchTextEncoder's computation at the shapes DAMSM's sizes (that class fixes 300 / 256)."""
-
-      def __init__(self):
-        super().__init__()
-        self.encoder = nn.Embedding(d["n_words"], d["text_embed"])
-        self.rnn = nn.LSTM(d["text_embed"], dim // 2, 1, batch_first=True, bidirectional=True)
-
-      def forward(self, captions, cap_lens):
-        packed = pack_padded_sequence(self.encoder(captions), cap_lens, batch_first=True, enforce_sorted=False)
-        output, (h, _) = self.rnn(packed)
-        output = pad_packed_sequence(output, batch_first=True)[0]
-        return output.transpose(1, 2), h.transpose(0, 1).reshape(captions.size(0), dim)
-
-    text_encoder = SizedTextEncoder()
+  text_encoder = TorchTextEncoder(d["n_words"], d["text_embed"], dim)  # birds: the reference's 300 / 256
   if d["backbone"] == "inception_v3":
     image_encoder = TorchCNNEncoder(dim)
   else:

@@ -33,12 +33,14 @@ def rel_err(ours, ref) -> float:
 # ------------------------------------------------------------------------------ PyTorch references
 
 class TorchTextEncoder(tnn.Module):
-  """The reference RNN_ENCODER's computation (eval mode: dropout off)."""
+  """The reference RNN_ENCODER's computation (eval mode: dropout off); other sizes than its 300-d word embeddings
+  and 256-d features (nef, two directions of nef / 2) for the shapes DAMSM."""
 
-  def __init__(self, n_words):
+  def __init__(self, n_words, embed_dim=300, nef=256):
     super().__init__()
-    self.encoder = tnn.Embedding(n_words, 300)
-    self.rnn = tnn.LSTM(300, 128, 1, batch_first=True, bidirectional=True)
+    self.nef = nef
+    self.encoder = tnn.Embedding(n_words, embed_dim)
+    self.rnn = tnn.LSTM(embed_dim, nef // 2, 1, batch_first=True, bidirectional=True)
     self.encoder.weight.data.uniform_(-0.1, 0.1)
 
   def forward(self, captions, cap_lens):
@@ -46,7 +48,7 @@ class TorchTextEncoder(tnn.Module):
     packed = pack_padded_sequence(emb, cap_lens, batch_first=True, enforce_sorted=False)
     output, (h, _) = self.rnn(packed)
     output = pad_packed_sequence(output, batch_first=True)[0]
-    return output.transpose(1, 2), h.transpose(0, 1).contiguous().view(-1, 256)
+    return output.transpose(1, 2), h.transpose(0, 1).contiguous().view(-1, self.nef)
 
 
 class BasicConv2d(tnn.Module):
@@ -245,10 +247,11 @@ def torch_sent_loss(cnn_code, rnn_code, class_ids, g3, eps=1e-8):
 
 # ---------------------------------------------------------------------------------------- tests
 
-def test_text_encoder_parity(tmp_path):
+@pytest.mark.parametrize("embed_dim,nef", [(300, 256), (64, 128)])  # the reference's sizes, the shapes DAMSM's
+def test_text_encoder_parity(tmp_path, embed_dim, nef):
   torch.manual_seed(0)
   n_words, b, t = 60, 5, 9
-  model = TorchTextEncoder(n_words).eval()
+  model = TorchTextEncoder(n_words, embed_dim, nef).eval()
   path = tmp_path / "text_encoder.pth"
   torch.save(model.state_dict(), path)
   lengths = np.array([4, 9, 1, 6, 9])  # unsorted, like a batch before the reference's sort

@@ -4,7 +4,8 @@ The PyTorch side is tests/helpers/attngan_torch.py (the reference G_NET / D_NET6
 current PyTorch, incl. the attention-mask tiling). Random orthogonal weights as the reference's weights_init and
 random BatchNorm statistics; the state dicts are written with torch.save and read by our converter
 (attngan_jax.convert_torch), so the test covers the file format too. Small widths (gf = df = 4) at the
-reference's base size 64 and 3 stages (64 / 128 / 256 px). Tolerance: relative error
+reference's base size 64 and 3 stages (64 / 128 / 256 px), and the generator at base size 16 (the shapes configs'
+kind, which the reference does not have). Tolerance: relative error
 (max |ours - torch| / max |torch|) <= 1e-4 in fp32.
 """
 import functools
@@ -71,8 +72,8 @@ def torch_g(tmp_path_factory):
   return net, path
 
 
-def model_config(**kw):
-  return gan_model_config(**SIZES, base_size=64, **kw)
+def model_config(base_size=64, **kw):
+  return gan_model_config(**SIZES, base_size=base_size, **kw)
 
 
 @pytest.mark.parametrize("mask_bug", [False, True])
@@ -98,6 +99,30 @@ def test_generator_parity_eval(torch_g, mask_bug):
   with torch.no_grad():
     other = net(z, sent, words, mask, eps)[0][-1]
   assert rel_err(other.numpy(), images[-1].numpy()) > 1e-3
+
+
+def test_generator_parity_small_base_size(tmp_path):
+  """base_size 16 (the shapes configs' kind; the reference has only 64): the re-expression's generalisation, which
+  benchmarks/attngan_train_vs_torch.py runs, computes what attngan_jax's does."""
+  torch.manual_seed(1)
+  net = ref.G_NET(ref.TorchGanConfig(**SIZES, base_size=16, mask_bug=False))
+  net.apply(ref.weights_init)
+  with torch.no_grad():
+    ref.randomize_batchnorm(net, torch.Generator().manual_seed(1))
+  net.eval()
+  path = str(tmp_path / "netG.pth")
+  torch.save(net.state_dict(), path)
+  inputs = torch_inputs()
+  with torch.no_grad():
+    images, maps, _, _ = net(*inputs)
+  gen, variables = convert_torch.load_generator(path, model_config(base_size=16, reference_mask_bug=False))
+  z, sent, words, mask, eps = jax_inputs(*inputs)
+  ours = jit(gen.apply)(variables, z, sent, words, mask, ca_noise=eps)
+  errors = [rel_err(a, nhwc(b)) for a, b in zip(ours[0], images)] + [rel_err(a, b.numpy())
+                                                                    for a, b in zip(ours[1], maps)]
+  print(f"generator eval, base size 16: rel errors {['%.1e' % e for e in errors]}")
+  assert [a.shape for a in ours[0]] == [(B, 16, 16, 3), (B, 32, 32, 3), (B, 64, 64, 3)]
+  assert max(errors) <= RTOL
 
 
 def test_generator_parity_train_mode(torch_g):

@@ -8,6 +8,11 @@ computation: the global `cfg` is an explicit `TorchGanConfig`; CA_NET takes its 
 optional argument (the reference draws it inside); the attention mask is an argument of the forward instead of
 `applyMask` state. `mask_bug=True` (default, the reference) tiles the padding mask with `repeat(queryL, 1)`;
 `mask_bug=False` gives every caption its own mask (what attngan_jax does by default).
+
+`base_size` below the reference's 64 (the shapes configs; the reference has no such sizes) is generalised as
+attngan_jax.gan.generator / discriminator do it: the first stage starts from gf_dim * 2^n channels with
+n = log2(base_size / 4) upBlocks (64: gf_dim * 16 and 4, the reference), and a discriminator of S < 64 keeps the
+last log2(S / 4) convs of encode_image_by_16times (`discriminators(cfg)` builds one per stage).
 """
 from __future__ import annotations
 
@@ -23,11 +28,20 @@ class TorchGanConfig:
   gf_dim: int = 32          # GAN.GF_DIM
   df_dim: int = 64          # GAN.DF_DIM
   r_num: int = 2            # GAN.R_NUM
-  branch_num: int = 3       # TREE.BRANCH_NUM (base size 64, as the reference)
+  branch_num: int = 3       # TREE.BRANCH_NUM
+  base_size: int = 64       # TREE.BASE_SIZE: the first stage's image side, 4 * 2^n (the reference: 64)
   z_dim: int = 100          # GAN.Z_DIM
   condition_dim: int = 100  # GAN.CONDITION_DIM
   embedding_dim: int = 256  # TEXT.EMBEDDING_DIM
   mask_bug: bool = True
+
+
+def halvings(size: int) -> int:
+  """n with size = 4 * 2^n: upBlocks from 4 x 4 to size, or strided convs from size down to 4 x 4."""
+  n = max(size, 1).bit_length() - 3
+  if n < 1 or 4 * 2 ** n != size:
+    raise ValueError(f"image size {size} is not 4 * 2^n with n >= 1.")
+  return n
 
 
 def weights_init(m: nn.Module) -> None:
@@ -87,19 +101,21 @@ class CA_NET(nn.Module):
 
 
 class INIT_STAGE_G(nn.Module):
-  def __init__(self, ngf, cfg: TorchGanConfig):
+  """num_up upBlocks (upsample1, ...) halving the channels from ngf at 4 x 4 (the reference: 4, ngf = 16 gf)."""
+
+  def __init__(self, ngf, cfg: TorchGanConfig, num_up: int = 4):
     super().__init__()
-    self.gf_dim = ngf
+    self.gf_dim, self.num_up = ngf, num_up
     self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.condition_dim, ngf * 4 * 4 * 2, bias=False),
                             nn.BatchNorm1d(ngf * 4 * 4 * 2), GLU())
-    self.upsample1 = up_block(ngf, ngf // 2)
-    self.upsample2 = up_block(ngf // 2, ngf // 4)
-    self.upsample3 = up_block(ngf // 4, ngf // 8)
-    self.upsample4 = up_block(ngf // 8, ngf // 16)
+    for i in range(1, num_up + 1):
+      setattr(self, f"upsample{i}", up_block(ngf // 2 ** (i - 1), ngf // 2 ** i))
 
   def forward(self, z, c):
     x = self.fc(torch.cat((c, z), 1)).view(-1, self.gf_dim, 4, 4)
-    return self.upsample4(self.upsample3(self.upsample2(self.upsample1(x))))
+    for i in range(1, self.num_up + 1):
+      x = getattr(self, f"upsample{i}")(x)
+    return x
 
 
 class GlobalAttentionGeneral(nn.Module):
@@ -149,7 +165,8 @@ class G_NET(nn.Module):
     super().__init__()
     self.branch_num = cfg.branch_num
     self.ca_net = CA_NET(cfg)
-    self.h_net1 = INIT_STAGE_G(cfg.gf_dim * 16, cfg)
+    num_up = halvings(cfg.base_size)
+    self.h_net1 = INIT_STAGE_G(cfg.gf_dim * 2 ** num_up, cfg, num_up)
     self.img_net1 = GET_IMAGE_G(cfg.gf_dim)
     for i in range(2, cfg.branch_num + 1):
       setattr(self, f"h_net{i}", NEXT_STAGE_G(cfg.gf_dim, cfg))
@@ -178,11 +195,14 @@ def down_block(cin, cout):
                        nn.LeakyReLU(0.2, inplace=True))
 
 
-def encode_image_by_16times(ndf):
-  layers = [nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-  for k in (1, 2, 4):
-    layers += [nn.Conv2d(ndf * k, ndf * 2 * k, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2 * k),
-               nn.LeakyReLU(0.2, inplace=True)]
+def encode_image_by_16times(ndf, num_convs: int = 4):
+  """Strided 4x4 convs ending at 8 ndf channels, BatchNorm on all but the first; num_convs < 4 (images below
+  64 px) keeps the last ones (the first then takes the 3 image channels)."""
+  layers = []
+  for i in range(num_convs):
+    cin, cout = (3 if i == 0 else ndf * 8 // 2 ** (num_convs - i)), ndf * 8 // 2 ** (num_convs - 1 - i)
+    layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False)] + ([nn.BatchNorm2d(cout)] if i else [])
+    layers.append(nn.LeakyReLU(0.2, inplace=True))
   return nn.Sequential(*layers)
 
 
@@ -195,10 +215,7 @@ class D_GET_LOGITS(nn.Module):
     self.outlogits = nn.Sequential(nn.Conv2d(ndf * 8, 1, kernel_size=4, stride=4), nn.Sigmoid())
 
   def forward(self, h, c=None):
-    if self.bcondition and c is not None:
-      c = c.view(-1, self.ef_dim, 1, 1).repeat(1, 1, 4, 4)
-      h = self.jointConv(torch.cat((h, c), 1))
-    return self.outlogits(h).view(-1)
+    return self.outlogits[1](self.logits(h, c))  # the reference: outlogits (conv, sigmoid) after jointConv
 
   def logits(self, h, c=None):
     """The same before the sigmoid (the reference has no such method; for comparing logits)."""
@@ -209,15 +226,22 @@ class D_GET_LOGITS(nn.Module):
 
 
 class _DNet(nn.Module):
-  def __init__(self, cfg: TorchGanConfig):
+  def __init__(self, cfg: TorchGanConfig, num_convs: int = 4):
     super().__init__()
     ndf = cfg.df_dim
-    self.img_code_s16 = encode_image_by_16times(ndf)
+    self.img_code_s16 = encode_image_by_16times(ndf, num_convs)
     self.UNCOND_DNET = D_GET_LOGITS(ndf, cfg.embedding_dim, bcondition=False)
     self.COND_DNET = D_GET_LOGITS(ndf, cfg.embedding_dim, bcondition=True)
 
 
 class D_NET64(_DNet):
+  """image_size < 64: the same with the last log2(image_size / 4) encoder convs (no reference; see the top)."""
+
+  def __init__(self, cfg: TorchGanConfig, image_size: int = 64):
+    if image_size > 64:
+      raise ValueError(f"D_NET64 takes images of at most 64 px, got {image_size}: use D_NETS[{image_size}].")
+    super().__init__(cfg, halvings(image_size))
+
   def forward(self, x):
     return self.img_code_s16(x)
 
@@ -248,6 +272,19 @@ class D_NET256(_DNet):
 
 
 D_NETS = {64: D_NET64, 128: D_NET128, 256: D_NET256}
+
+
+def discriminator(cfg: TorchGanConfig, image_size: int) -> nn.Module:
+  """D_NET64 / D_NET128 / D_NET256, or below 64 px the generalised D_NET64."""
+  if image_size > 256:
+    raise ValueError(f"images of {image_size} px: the reference's discriminators stop at 256 (D_NET256).")
+  return D_NETS[image_size](cfg) if image_size >= 64 else D_NET64(cfg, image_size)
+
+
+def discriminators(cfg: TorchGanConfig) -> list[nn.Module]:
+  """One discriminator per generator stage (images base_size * 2^i, i < branch_num), as the reference's
+  condGANTrainer.build_models for base size 64."""
+  return [discriminator(cfg, cfg.base_size * 2 ** i) for i in range(cfg.branch_num)]
 
 
 def randomize_batchnorm(module: nn.Module, generator: torch.Generator) -> None:
