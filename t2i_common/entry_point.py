@@ -5,12 +5,14 @@
       run_config_command(main, config_kind="DAMSM", workdir_help="Run folder of pretrain_damsm ...")
 
 gives every such command the same `--config path.py[:variant]` (ml_collections, locked: an unknown key in a
-`--config.a.b=value` override fails at once, naming the key with a did-you-mean), a required `--workdir`, and
-the entry points' logging (t2i_common.logging.setup_cli_logging) before `main(FLAGS)` runs. Flags are defined
-only when the module runs as a program, so importing it (tests, notebooks) defines none.
+`--config.a.b=value` override fails at once, naming the key with a did-you-mean), a required `--workdir` (both
+listed by --help with the command's own flags), and the entry points' logging (t2i_common.logging.
+setup_cli_logging) before `main(FLAGS)` runs. Flags are defined only when the module runs as a program, so
+importing it (tests, notebooks) defines none.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 from t2i_common.logging import setup_cli_logging
@@ -25,6 +27,8 @@ def run_config_command(main: Callable[[Any], Any], *, config_kind: str, workdir_
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, workdir_help)
   flags.mark_flags_as_required(["config", "workdir"])
+  for name in ("config", "workdir"):  # listed by --help, which shows the flags of the program's own file
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
   def absl_main(argv) -> None:
     del argv

@@ -48,3 +48,10 @@ def test_config_and_workdir_are_required():
   done = _run("diffusion_jax.train", "--config", LDM)
   assert done.returncode == 1
   assert "Flag --workdir must have a value other than None" in done.stderr, done.stderr[-2000:]
+
+
+def test_help_lists_config_workdir_and_the_commands_own_flags():
+  done = _run("attngan_jax.evaluate", "--help")  # absl's --help exits with status 1
+  for flag in ("--config: AttnGAN config file (path.py[:variant])", "--workdir: Run folder of attngan_jax.train",
+               "--generator:", "--num_images:"):
+    assert flag in done.stdout, done.stdout[-3000:]
