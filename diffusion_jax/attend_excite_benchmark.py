@@ -41,6 +41,7 @@ import numpy as np
 from diffusion_jax.attend_excite_prompts import PROMPTS
 from diffusion_jax.clip_score import ClipScorer, split_prompt, to_uint8
 from diffusion_jax.tokenizer import has_tokenizer
+from t2i_common.cli_args import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -289,15 +290,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                       help="folder with the CLIP tokenizer (vocab.json + merges.txt, or tokenizer.json; default: "
                            "the --clip folder if it has one, else the pipeline's tokenizer/, the same CLIP BPE)")
   parser.add_argument("--subset", default="all", choices=SUBSETS + ("all",))
-  parser.add_argument("--seeds", type=int, default=64, help="seeds 0 .. N-1 per prompt (the paper: 64)")
+  parser.add_argument("--seeds", type=positive_int, default=64, help="seeds 0 .. N-1 per prompt (the paper: 64)")
   parser.add_argument("--out", required=True, help="output folder (resumable)")
   parser.add_argument("--no-attend-and-excite", action="store_true", help="plain sampling (the baseline)")
-  parser.add_argument("--steps", type=int, default=50, help="inference steps (the paper: 50)")
+  parser.add_argument("--steps", type=positive_int, default=50, help="inference steps (the paper: 50)")
   parser.add_argument("--guidance-scale", type=float, default=7.5)
-  parser.add_argument("--batch-size", type=int, default=8, help="images per sampling call (may mix prompts)")
+  parser.add_argument("--batch-size", type=positive_int, default=8, help="images per sampling call (may mix prompts)")
   parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
   parser.add_argument("--scheduler", default=None, help="override the folder's scheduler (e.g. ddim)")
-  parser.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts of each subset")
+  parser.add_argument("--max-prompts", type=positive_int, default=None, help="only the first N prompts of each subset")
   parser.add_argument("--metrics-only", action="store_true", help="score the images already in --out")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
