@@ -336,3 +336,27 @@ def test_sample_from_reference_generator_file(tiny_run, tmp_path, capsys):
   np.testing.assert_array_equal(images[0], images[1])
   with pytest.raises(SystemExit, match="needs --text_encoder"):
     sample.main(["--generator", str(pth), "--caption", "a red circle", "--out", str(tmp_path / "x")])
+
+
+def test_compare_runs_side_by_side(tiny_run, tmp_path, capsys):
+  """attngan_jax.compare: one column per run on the same captions and seeds, and the runs' scores as a table."""
+  from attngan_jax import compare
+  config, workdir, _ = tiny_run
+  if not os.path.isfile(os.path.join(workdir, "eval", "attngan.json")):  # the end-to-end test may run elsewhere
+    evaluate(config, workdir)
+  out = str(tmp_path / "compare.png")
+  compare.main(["--workdir", workdir, "--workdir", workdir, "--labels", "first,second", "--caption", "a red circle",
+                "--caption", "a blue square", "--seeds", "0,1", "--scores", "--out", out])
+  grid = np.asarray(Image.open(out))
+  # 4 rows (2 captions x 2 seeds) x 2 columns of 32 px images, enlarged to >= 96 px for the captions.
+  assert grid.shape[1] < 3 * 110 and grid.shape[0] > 4 * 96
+  # The same run in both columns: identical halves (same noise per seed).
+  left, right = grid[2:98, 2:98], grid[2:98, 100:196]
+  np.testing.assert_array_equal(left, right)
+  printed = capsys.readouterr().out
+  assert printed.count("| first | 24 |") == 1 and "| second | 24 |" in printed
+  with pytest.raises(SystemExit, match="gives 1 label"):
+    compare.main(["--workdir", workdir, "--workdir", workdir, "--labels", "one", "--caption", "a red circle",
+                  "--out", out])
+  with pytest.raises(SystemExit, match="run python -m attngan_jax.evaluate"):
+    compare.main(["--workdir", str(tmp_path), "--caption", "a red circle", "--scores", "--out", out])
