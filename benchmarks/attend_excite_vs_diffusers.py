@@ -125,8 +125,9 @@ def bench_jax(folder: str, args, plain: bool = False) -> dict:
   return out
 
 
-def memory_analysis(size: int, batch: int, steps: int = 3) -> None:
-  """Prints XLA's memory analysis of the compiled plain and A&E (with and without remat) samplers."""
+def memory_analysis(size: int, batch: int, steps: int = 3, whole_batch: bool = True) -> None:
+  """Prints XLA's memory analysis of the compiled plain and A&E samplers: A&E with the default gradient_chunk
+  (one image at a time), and (batch > 1, whole_batch) with the whole batch in one gradient pass."""
   import jax
   import jax.numpy as jnp
   from diffusion_jax import convert
@@ -156,12 +157,14 @@ def memory_analysis(size: int, batch: int, steps: int = 3) -> None:
   inputs = AttendExciteInputs.build(idx, mask, [76] * batch, state.num_steps, thresholds={0: 0.9},
                                     max_iter_to_alter=2, scale_factor=20.0, scale_range=(1.0, 0.5))
   res = (size // 32, size // 32)
-  for name, settings in (("plain", None), ("A&E, remat", AttendExciteSettings(attn_res=res, remat=True)),
-                         ("A&E, no remat", AttendExciteSettings(attn_res=res, remat=False))):
+  samplers = [("plain", None), ("A&E, gradient_chunk=1 (default)", AttendExciteSettings(attn_res=res))]
+  if batch > 1 and whole_batch:
+    samplers.append(("A&E, gradient_chunk=None", AttendExciteSettings(attn_res=res, gradient_chunk=None)))
+  for name, settings in samplers:
     args = (params, ids, ids, latents, state, jnp.float32(7.5), jax.random.key(0), settings and inputs)
     compiled, compile_s = pipe._sampler((name, batch, size), pipe._mesh_for(batch), args, True, None, settings)
     m = compiled.memory_analysis()
-    print(f"| {size} | {batch} | {name} | {m.temp_size_in_bytes / 2**30:.2f} | {m.argument_size_in_bytes / 2**30:.2f} "
+    print(f"| {size} | {batch} | {name} | {m.temp_size_in_bytes / 2**30:.3f} | {m.argument_size_in_bytes / 2**30:.2f} "
           f"| {compile_s:.0f} |", flush=True)
 
 
@@ -188,6 +191,8 @@ def main(argv=None) -> None:
   p.add_argument("--dtype", default="float32", help="diffusion_jax compute dtype")
   p.add_argument("--torch_device", default=None, help="cpu or cuda (default: cuda if available)")
   p.add_argument("--memory", type=int, default=None, help="compile-only memory analysis at this image size")
+  p.add_argument("--no-whole-batch", action="store_true",
+                 help="--memory: skip the A&E sampler with the whole batch in one gradient pass")
   p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "sd_bench"),
                  help="where the random-weight diffusers folders are written (reused)")
   for hidden in ("--_side", "--_folder", "--_batch", "--_height", "--_attn_res"):
@@ -211,7 +216,7 @@ def main(argv=None) -> None:
     sys.path.insert(0, ROOT)
     print("| size px | batch | sampler | XLA temp GiB | arguments GiB | compile s |\n|---|---|---|---|---|---|")
     for batch in batches:
-      memory_analysis(args.memory, batch, args.steps)
+      memory_analysis(args.memory, batch, args.steps, not args.no_whole_batch)
     return
   rows = []
   for name in names:
