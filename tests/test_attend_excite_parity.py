@@ -156,27 +156,27 @@ THRESHOLD = {"sd1": 0.01424, "sd2": 0.024}
 REFINEMENTS = {"sd1": [2, 3], "sd2": [3, 4]}
 
 
-def test_chunked_gradient_passes_equal_one_pass_over_the_batch(tiny_sd1, fast_compile):
-  """gradient_chunk=1 (the default: one image per device at a time) and None (the whole batch in one gradient
-  pass) give the same images and diagnostics: 4 images on 2 devices, so each device runs 2 passes."""
+def test_chunked_gradient_passes_on_two_devices_match_diffusers(tiny_sd1):
+  """The default gradient_chunk=1 with 4 images on 2 devices: each device runs its 2 images' gradient passes one
+  after the other (lax.map), and the batch still matches diffusers (tests/test_attend_excite.py checks chunked
+  against whole-batch passes number for number on a toy model)."""
   import jax
   pipe = diffusion_jax.from_pretrained(tiny_sd1, devices=jax.devices()[:2])
+  prompts, indices = BATCH_PROMPTS * 2, BATCH_INDICES * 2
   latents = initial_latents(pipe, 4, seed=1)
-  kwargs = dict(token_indices=BATCH_INDICES, latents=latents, num_inference_steps=2, max_iter_to_alter=1,
-                thresholds={0: THRESHOLD["sd1"]}, scale_factor=1000.0, max_refinement_steps=4,
-                num_images_per_prompt=2)
-  runs = {}
-  for chunk in (1, None):
-    images = pipe(BATCH_PROMPTS, gradient_chunk=chunk, **kwargs)
-    runs[chunk] = images, pipe.last_attend_excite
-  (ours, diag), (whole, whole_diag) = runs[1], runs[None]
-  np.testing.assert_allclose(ours, whole, atol=1e-5)
-  for name in ("loss", "initial_loss", "max_attention"):
-    np.testing.assert_allclose(diag[name], whole_diag[name], rtol=1e-5, atol=1e-6, err_msg=name)
-  np.testing.assert_array_equal(diag["refinement_steps"], whole_diag["refinement_steps"])
-  assert diag["refinement_steps"][:, 0].max() > 0
+  thresholds = {0: THRESHOLD["sd1"]}
+  kwargs = dict(num_inference_steps=2, guidance_scale=7.5, max_iter_to_alter=1, thresholds=thresholds,
+                scale_factor=1000.0)
   with pytest.raises(ValueError, match="gradient_chunk must be a positive integer"):
-    pipe(BATCH_PROMPTS, gradient_chunk=0, **kwargs)
+    pipe(prompts, token_indices=indices, latents=latents, gradient_chunk=0, **kwargs)
+  images = pipe(prompts, token_indices=indices, latents=latents, max_refinement_steps=4, **kwargs)
+  diag = pipe.last_attend_excite
+  n_t = diag["loss"].shape[1]
+  theirs, records = diffusers_run(tiny_sd1, prompts, indices, latents, max_refinement_steps=4, **kwargs)
+  err, loss_err = compare((images, diag), theirs, records, n_t, 4, 1, thresholds)
+  assert len(set(diag["refinement_steps"][:, 0].tolist())) > 1, diag["refinement_steps"]
+  print(f"4 images on 2 devices, chunked: images max abs {err:.2e}, losses max abs {loss_err:.2e}; refinement "
+        f"iterations {diag['refinement_steps'][:, 0].tolist()}")
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -51,13 +51,16 @@ class AttendExciteSettings:
   # Images per device in one gradient pass (None: all of a device's images at once). The images are independent,
   # so the batch's gradient is computed as a sequence of passes (lax.map) over chunks of this many images, and
   # the backward pass keeps the activations of one chunk only (largest divisor of the per-device batch <= this).
-  # 1 (default): Attend-and-Excite fits wherever plain sampling of the same batch fits; more images per pass
-  # run faster where memory is to spare (a GPU), at the memory cost of that many images' backward passes.
-  # Figures: "Memory" in benchmarks/attend_excite_vs_diffusers.py.
+  # 1 (default): at batch 4 Attend-and-Excite needs the memory of plain sampling (XLA:CPU temporary memory,
+  # SD-1.x architecture: 0.957 vs 0.954 GiB at 256 px, 12.68 vs 12.68 GiB at 512 px; one pass over the whole
+  # batch: 2.33 / 23.14 GiB; before this setting and the late convolution kernels: 4.04 / 24.90 GiB). More images
+  # per pass run faster where memory is to spare (a GPU), at the memory of that many images' backward passes
+  # (1.15x the time of one pass at batch 4 on the tiny CPU config). Table: benchmarks/attend_excite_vs_diffusers.py.
   gradient_chunk: Optional[int] = 1
   # Recompute block activations (jax.checkpoint per resnet / transformer block) in the gradient pass. Off by
-  # default: on XLA:CPU it saves nothing, as XLA removes the optimization barrier that keeps the recomputation
-  # apart and its scheduler then runs the recomputation right after the forward pass (see the benchmark).
+  # default: it saves nothing on XLA:CPU (the same temporary memory on and off, with whole batches or chunks),
+  # which removes the optimization barriers that keep the recomputation apart from the forward pass, so the
+  # recomputation does not wait for the backward pass (see the benchmark).
   remat: bool = False
   attention_steps: tuple[int, ...] = ()
 
