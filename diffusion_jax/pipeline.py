@@ -247,7 +247,7 @@ class Pipeline:
       update_fn, carry = latent_update_fn, None
       if attend_excite is not None:
         from diffusion_jax.attend_excite import update as ae_update
-        update_fn = ae_update.make_latent_update(self.unet, attend_excite, ae_inputs)
+        update_fn = ae_update.make_latent_update(self.unet, attend_excite, ae_inputs, shards=mesh.devices.size)
         carry = ae_update.init_diagnostics(state.num_steps, latents.shape, ae_inputs.indices.shape[1], attend_excite)
       out = self.denoise(params, latents, cond, uncond, state, guidance_scale=guidance_scale,
                          latent_update_fn=update_fn, update_carry=carry, noise_key=noise_key,
@@ -283,7 +283,7 @@ class Pipeline:
                attn_res: Any = (16, 16), scale_range: tuple[float, float] = (1.0, 0.5),
                smooth_attentions: bool = True, sigma: float = 0.5, kernel_size: int = 3,
                max_refinement_steps: int = 20, sd_2_1: bool = False, attention_steps: Sequence[int] = (),
-               remat_gradient_pass: bool = False) -> np.ndarray:
+               gradient_chunk: Optional[int] = 1, remat_gradient_pass: bool = False) -> np.ndarray:
     """Generates images: float32 numpy [B, H, W, 3] in [0, 1], B = len(prompts) * num_images_per_prompt.
 
     seeds: one int per image (or a single int s, meaning s, s + 1, ...); default 0, 1, ... .
@@ -303,8 +303,11 @@ class Pipeline:
       cross-attention maps (None: diffusers' ceil(size / 32)). smooth_attentions, sigma, kernel_size: the
       Gaussian smoothing. max_refinement_steps: the iterative refinement's budget. sd_2_1: the token softmax
       ends at the prompt's last real token instead of dropping position 76. attention_steps: loop indices at
-      which the smoothed subject maps are kept (for pictures). remat_gradient_pass: jax.checkpoint the UNet blocks
-      in the gradient pass (no saving measured on CPU; see AttendExciteSettings.remat).
+      which the smoothed subject maps are kept (for pictures). gradient_chunk: images per device in one gradient
+      pass (None: all at once, faster where memory is to spare; the default 1 keeps the memory of
+      Attend-and-Excite within that of plain sampling; see AttendExciteSettings.gradient_chunk).
+      remat_gradient_pass: jax.checkpoint the UNet blocks in the gradient pass (no saving measured on CPU; see
+      AttendExciteSettings.remat).
     Its per-call diagnostics go to `self.last_attend_excite` (numpy, batch first; see attend_excite/update.py).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -369,7 +372,7 @@ class Pipeline:
           thresholds=thresholds, scale_factor=scale_factor, attn_res=attn_res, scale_range=scale_range,
           smooth_attentions=smooth_attentions, sigma=sigma, kernel_size=kernel_size,
           max_refinement_steps=max_refinement_steps, sd_2_1=sd_2_1, attention_steps=attention_steps,
-          remat=remat_gradient_pass)
+          gradient_chunk=gradient_chunk, remat=remat_gradient_pass)
       ae_inputs = ae_inputs.replace(**{k: jax.device_put(getattr(ae_inputs, k), batch_sharding)
                                        for k in ("indices", "mask", "last")})
     params = self._placed_params(mesh)
@@ -395,7 +398,7 @@ class Pipeline:
   def _attend_excite_inputs(self, prompts, num_images_per_prompt, num_timesteps, num_inference_steps, height,
                             width, *, token_indices, subjects, max_iter_to_alter, thresholds, scale_factor,
                             attn_res, scale_range, smooth_attentions, sigma, kernel_size, max_refinement_steps,
-                            sd_2_1, attention_steps, remat):
+                            sd_2_1, attention_steps, gradient_chunk, remat):
     """Checks the Attend-and-Excite arguments (clear errors) -> (settings, inputs, per-image indices)."""
     from diffusion_jax.attend_excite import indices as ae_indices
     from diffusion_jax.attend_excite.loss import gaussian_kernel
@@ -412,6 +415,10 @@ class Pipeline:
       gaussian_kernel(kernel_size, sigma)  # raises on a bad kernel_size / sigma
     if int(max_refinement_steps) < 1:
       raise ValueError(f"max_refinement_steps must be >= 1, got {max_refinement_steps}.")
+    if gradient_chunk is not None and (isinstance(gradient_chunk, bool)
+                                       or not isinstance(gradient_chunk, (int, np.integer)) or gradient_chunk < 1):
+      raise ValueError(f"gradient_chunk must be a positive integer (images per device in one gradient pass) or "
+                       f"None (all at once), got {gradient_chunk!r}.")
     if len(tuple(scale_range)) != 2 or not np.all(np.isfinite(scale_range)) or min(scale_range) < 0:
       raise ValueError(f"scale_range must be two non-negative numbers (start, end), got {scale_range!r}.")
     if not np.isfinite(scale_factor):
@@ -424,7 +431,9 @@ class Pipeline:
                        f"{num_inference_steps}).")
     settings = AttendExciteSettings(attn_res=res, smooth_attentions=bool(smooth_attentions),
                                     kernel_size=int(kernel_size), sigma=float(sigma),
-                                    max_refinement_steps=int(max_refinement_steps), remat=bool(remat),
+                                    max_refinement_steps=int(max_refinement_steps),
+                                    gradient_chunk=None if gradient_chunk is None else int(gradient_chunk),
+                                    remat=bool(remat),
                                     attention_steps=steps)
     per_image = [row for row in per_prompt for _ in range(num_images_per_prompt)]
     last = [ae_indices.last_position(self.tokenizer, p, sd_2_1) for p in prompts

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
   ae.add_argument("--kernel-size", type=int, default=3, help="smoothing kernel size")
   ae.add_argument("--max-refinement-steps", type=positive_int, default=20, help="iterative refinement budget")
   ae.add_argument("--sd-2-1", action="store_true", help="token softmax up to the prompt's last token")
+  ae.add_argument("--gradient-chunk", type=positive_int, default=1,
+                  help="images per device in one gradient pass (1: the memory of plain sampling; more: faster "
+                  "where memory is to spare)")
   ae.add_argument("--save-attention", action="store_true",
                   help="also sample without Attend-and-Excite and write attention-map grids")
   ae.add_argument("--attention-steps", type=comma_separated(int), default=None,
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> list[str]:
     ae_kwargs = dict(subjects=args.subjects, token_indices=args.token_indices, thresholds=args.thresholds,
                      scale_factor=args.scale_factor, scale_range=args.scale_range, attn_res=args.attn_res,
                      smooth_attentions=not args.no_smooth, sigma=args.sigma, kernel_size=args.kernel_size,
-                     max_refinement_steps=args.max_refinement_steps, sd_2_1=args.sd_2_1)
+                     max_refinement_steps=args.max_refinement_steps, sd_2_1=args.sd_2_1,
+                     gradient_chunk=args.gradient_chunk)
     if args.save_attention:
       last = max(0, min(args.max_iter_to_alter, args.steps) - 1)
       steps = args.attention_steps if args.attention_steps is not None else sorted({0, last // 2, last})

@@ -76,6 +76,7 @@ class ToyUNet(nn.Module):
   its attention grows with the latent (sqrt(|latent|) when `sqrt`, whose gradient is infinite at 0). Every
   call is counted on the host, so steps without a gradient pass can be seen."""
   remat: bool = False
+  late_conv_kernels: bool = False  # (no convolutions here)
   sqrt: bool = False
 
   @nn.compact
@@ -131,9 +132,9 @@ def reference_step(model, params, latents, i, t, indices, last, thresholds, max_
   return latents, float(loss), iterations
 
 
-def _run_update(model, inputs, settings, latents, steps):
+def _run_update(model, inputs, settings, latents, steps, shards=1):
   params = {"unet": model.init(jax.random.key(0), latents, 0, None)}
-  update = make_latent_update(model, settings, inputs)
+  update = make_latent_update(model, settings, inputs, shards=shards)
   fn = jax.jit(update, compiler_options=CPU_FAST_COMPILE)
   diag = init_diagnostics(steps, latents.shape, inputs.indices.shape[1], settings)
   out = []
@@ -202,6 +203,67 @@ def test_non_finite_gradient_skips_that_image_and_is_counted():
   assert diag["skipped_updates"][0].tolist() == [0, 1]
   assert np.isfinite(np.asarray(per_step[0])).all()
   assert float(jnp.abs(per_step[0][1]).max()) == 0.0 and float(jnp.abs(per_step[0][0] - 0.3).max()) > 0
+
+
+# ---- the gradient pass's memory: chunks of images, late convolution kernels -------------------------------
+def test_chunked_gradient_passes_give_the_numbers_of_one_pass_over_the_batch():
+  """gradient_chunk splits the batch's gradient pass into a sequence of passes (per shard of the batch); every
+  number the update produces is the same, refinement with its per-image stopping included."""
+  model = ToyUNet()
+  rng = np.random.default_rng(1)
+  offsets = np.array([0.0, 1.5, 0.3, 0.9, -0.2, 1.1])[:, None, None, None]
+  latents = jnp.asarray(rng.normal(size=(6, 4, 4, 1)) * 0.1 + offsets, jnp.float32)
+  steps = 3
+  indices, mask = ae_indices.padded_indices([[2], [2, 3], [2], [3], [2, 3], [2]])
+  inputs = AttendExciteInputs.build(indices, mask, [5] * 6, steps, thresholds={0: 0.35, 2: 0.9},
+                                    max_iter_to_alter=2, scale_factor=3.0, scale_range=(1.0, 0.5))
+  runs = {}
+  for chunk, shards in ((None, 1), (1, 1), (4, 1), (1, 3)):  # (4, 1): chunks of 3, the divisor of 6 <= 4
+    settings = AttendExciteSettings(attn_res=(4, 4), max_refinement_steps=6, gradient_chunk=chunk)
+    runs[chunk, shards] = _run_update(model, inputs, settings, latents, steps, shards)[1:]
+  whole_latents, whole_diag = runs[None, 1]
+  assert len(set(whole_diag["refinement_steps"][0].tolist())) > 1  # the images stop at different iterations
+  for key, (per_step, diag) in runs.items():
+    for i in range(steps):
+      np.testing.assert_allclose(np.asarray(per_step[i]), np.asarray(whole_latents[i]), rtol=1e-6, atol=1e-7,
+                                 err_msg=str(key))
+    for name, value in diag.items():
+      np.testing.assert_allclose(value, whole_diag[name], rtol=1e-6, atol=1e-7, err_msg=f"{key} {name}")
+  with pytest.raises(ValueError, match="6 images cannot be split into 4 equal shards"):
+    _run_update(model, inputs, AttendExciteSettings(attn_res=(4, 4)), latents, 1, shards=4)
+
+
+def test_late_kernel_convolution_gradients_equal_lax_and_keep_one_kernel_copy():
+  from jax import lax
+  from diffusion_jax.models.resnet import late_kernel_conv
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 7, 6, 5)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 5, 4)), jnp.float32)
+  kw = dict(padding=((1, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))  # stride 2, asymmetric pad
+  ref = lambda x, k: jnp.sum(jnp.sin(lax.conv_general_dilated(x, k, (2, 2), **kw)))
+  late = lambda x, k: jnp.sum(jnp.sin(late_kernel_conv(x, k, (2, 2), **kw)))
+  assert float(late(x, k)) == float(ref(x, k))
+  for argnums in (0, 1, (0, 1)):  # input gradient alone, and the weight gradient (training) too
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                 jax.grad(late, argnums)(x, k), jax.grad(ref, argnums)(x, k))
+  # A NaN cotangent in image 0 leaves image 1's input gradient finite (the kernel's zero offset is 0 for NaN).
+  _, vjp = jax.vjp(lambda x: late_kernel_conv(x, k, (2, 2), **kw), x)
+  cot = jnp.ones((2, 4, 3, 4)).at[0, 0, 0, 0].set(jnp.nan)
+  assert np.isfinite(np.asarray(vjp(cot)[0][1])).all()
+
+  # Memory: the input gradient through a chain of 8 convolutions (1 MiB kernels, tiny activations). XLA:CPU
+  # materialises each flipped kernel; with lax all 8 are built first and kept, here one lives at a time.
+  def chain(conv_fn):
+    def f(x, ks):
+      for kernel in ks:
+        x = jnp.tanh(conv_fn(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+      return x.sum()
+    shapes = (jax.ShapeDtypeStruct((1, 4, 4, 160), jnp.float32), [jax.ShapeDtypeStruct((3, 3, 160, 160),
+                                                                                         jnp.float32)] * 8)
+    return jax.jit(jax.grad(f)).lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+  if jax.default_backend() == "cpu":
+    plain, late_temp = chain(lax.conv_general_dilated), chain(late_kernel_conv)
+    assert late_temp < plain / 3, (late_temp, plain)
 
 
 # ---- argument checks ----------------------------------------------------------------------------------

@@ -156,6 +156,29 @@ THRESHOLD = {"sd1": 0.01424, "sd2": 0.024}
 REFINEMENTS = {"sd1": [2, 3], "sd2": [3, 4]}
 
 
+def test_chunked_gradient_passes_on_two_devices_match_diffusers(tiny_sd1):
+  """The default gradient_chunk=1 with 4 images on 2 devices: each device runs its 2 images' gradient passes one
+  after the other (lax.map), and the batch still matches diffusers (tests/test_attend_excite.py checks chunked
+  against whole-batch passes number for number on a toy model)."""
+  import jax
+  pipe = diffusion_jax.from_pretrained(tiny_sd1, devices=jax.devices()[:2])
+  prompts, indices = BATCH_PROMPTS * 2, BATCH_INDICES * 2
+  latents = initial_latents(pipe, 4, seed=1)
+  thresholds = {0: THRESHOLD["sd1"]}
+  kwargs = dict(num_inference_steps=2, guidance_scale=7.5, max_iter_to_alter=1, thresholds=thresholds,
+                scale_factor=1000.0)
+  with pytest.raises(ValueError, match="gradient_chunk must be a positive integer"):
+    pipe(prompts, token_indices=indices, latents=latents, gradient_chunk=0, **kwargs)
+  images = pipe(prompts, token_indices=indices, latents=latents, max_refinement_steps=4, **kwargs)
+  diag = pipe.last_attend_excite
+  n_t = diag["loss"].shape[1]
+  theirs, records = diffusers_run(tiny_sd1, prompts, indices, latents, max_refinement_steps=4, **kwargs)
+  err, loss_err = compare((images, diag), theirs, records, n_t, 4, 1, thresholds)
+  assert len(set(diag["refinement_steps"][:, 0].tolist())) > 1, diag["refinement_steps"]
+  print(f"4 images on 2 devices, chunked: images max abs {err:.2e}, losses max abs {loss_err:.2e}; refinement "
+        f"iterations {diag['refinement_steps'][:, 0].tolist()}")
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(token_indices=[2, 9]), r"token index 9 is on padding.*'a cat and a frog' has tokens .*valid choices"),
     (dict(subjects=["cat", "dog"]), "'dog' is not in the prompt 'a cat and a frog'"),

@@ -8,7 +8,8 @@
 At loop index i (over the scheduler's timesteps; PNDM has num_inference_steps + 1):
 1. Only when i < max_iter_to_alter or i is a threshold step (lax.cond: elsewhere no gradient pass at all), a
    conditional-only UNet forward on the latents as they are (not passed through scale_model_input), capturing
-   the cross-attention maps at attn_res; the loss of `loss.py` per image and its gradient w.r.t. the latents.
+   the cross-attention maps at attn_res; the loss of `loss.py` per image and its gradient w.r.t. the latents
+   (computed `gradient_chunk` images per device at a time, the same numbers as one pass over the batch).
 2. At a threshold step, images with loss > 1 - threshold are refined (a lax.while_loop over the batch, each
    image with its own state), with the stopping rule of diffusers' port: the loop test `loss > target`
    (target = max(0, 1 - threshold)) sees the loss measured before the previous update; each iteration evaluates
@@ -28,7 +29,7 @@ padding subjects), `refinement_steps`, `skipped_updates`, and `attention_maps` [
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +48,19 @@ class AttendExciteSettings:
   kernel_size: int = 3
   sigma: float = 0.5
   max_refinement_steps: int = 20
+  # Images per device in one gradient pass (None: all of a device's images at once). The images are independent,
+  # so the batch's gradient is computed as a sequence of passes (lax.map) over chunks of this many images, and
+  # the backward pass keeps the activations of one chunk only (largest divisor of the per-device batch <= this).
+  # 1 (default): at batch 4 Attend-and-Excite needs the memory of plain sampling (XLA:CPU temporary memory,
+  # SD-1.x architecture: 0.957 vs 0.954 GiB at 256 px, 12.68 vs 12.68 GiB at 512 px; one pass over the whole
+  # batch: 2.33 / 23.14 GiB; before this setting and the late convolution kernels: 4.04 / 24.90 GiB). More images
+  # per pass run faster where memory is to spare (a GPU), at the memory of that many images' backward passes
+  # (1.15x the time of one pass at batch 4 on the tiny CPU config). Table: benchmarks/attend_excite_vs_diffusers.py.
+  gradient_chunk: Optional[int] = 1
   # Recompute block activations (jax.checkpoint per resnet / transformer block) in the gradient pass. Off by
-  # default: XLA's memory analysis of the compiled sampler (SD-1.x architecture, CPU, batch 1 and 4, 256 and
-  # 512 px; benchmarks/attend_excite_vs_diffusers.py --memory) shows the same temporary memory with and without.
+  # default: it saves nothing on XLA:CPU (the same temporary memory on and off, with whole batches or chunks),
+  # which removes the optimization barriers that keep the recomputation apart from the forward pass, so the
+  # recomputation does not wait for the backward pass (see the benchmark).
   remat: bool = False
   attention_steps: tuple[int, ...] = ()
 
@@ -108,12 +119,40 @@ def _where(mask: jax.Array, a: Any, b: Any) -> Any:
   return jax.tree.map(lambda x, y: jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
-def make_latent_update(unet: Any, settings: AttendExciteSettings, inputs: AttendExciteInputs):
+def _in_chunks(fn, args: tuple, shards: int, chunk: Optional[int]) -> Any:
+  """fn(*args) for a batch (the leading axis of every arg; fn maps images independently) as a sequence
+  (lax.map) of calls on `chunk` images per shard: the batch is `shards` blocks of consecutive images (one per
+  device, as the batch sharding lays them out), and each call takes one chunk of every block, so every device
+  keeps to its own images. chunk None or >= the block: one call on the whole batch."""
+  b = args[0].shape[0]
+  if b % shards:
+    raise ValueError(f"a batch of {b} images cannot be split into {shards} equal shards.")
+  per = b // shards
+  c = per if chunk is None else max(d for d in range(1, min(chunk, per) + 1) if per % d == 0)
+  steps = per // c
+  if steps == 1:
+    return fn(*args)
+
+  def split(x):  # [shards * steps * c, ...] -> [steps, shards * c, ...]
+    x = x.reshape((shards, steps, c) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape((steps, shards * c) + x.shape[3:])
+
+  def merge(y):  # the inverse
+    y = y.reshape((steps, shards, c) + y.shape[2:])
+    return jnp.swapaxes(y, 0, 1).reshape((b,) + y.shape[3:])
+
+  return jax.tree.map(merge, jax.lax.map(lambda a: fn(*a), jax.tree.map(split, args)))
+
+
+def make_latent_update(unet: Any, settings: AttendExciteSettings, inputs: AttendExciteInputs, shards: int = 1):
   """fn(params, latents [B, H, W, C], i, t, cond [B, T, D], diagnostics) -> (latents, diagnostics), for
-  `Pipeline.denoise(latent_update_fn=..., update_carry=...)`."""
+  `Pipeline.denoise(latent_update_fn=..., update_carry=...)`. shards: the number of devices the batch is split
+  over (equal blocks of consecutive images), so that chunked gradient passes keep to each device's images."""
   res = tuple(settings.attn_res)
   inputs = jax.tree.map(jnp.asarray, inputs)  # numpy inputs (closed over) index with traced step numbers too
-  grad_unet = unet.clone(remat=True) if settings.remat else unet
+  # Gradients w.r.t. the latents only: the convolutions' flipped kernels are built as the backward pass needs
+  # them (XLA:CPU otherwise keeps all of them, 1.7 GiB for SD 1.x; models/resnet.py late_kernel_conv).
+  grad_unet = unet.clone(remat=settings.remat, late_conv_kernels=True)
   kw = settings.map_kwargs()
 
   def maps_of(params, module, latents, t, cond):
@@ -122,13 +161,17 @@ def make_latent_update(unet: Any, settings: AttendExciteSettings, inputs: Attend
     return mean_cross_attention(state["intermediates"])
 
   def evaluate(params, latents, t, cond) -> _Eval:
-    def total(z):
-      maxes = subject_maps(maps_of(params, grad_unet, z, t, cond), inputs.indices, inputs.last, res,
-                           **kw).max(axis=(1, 2))
-      loss = subject_loss(maxes, inputs.mask)
-      return loss.sum(), (loss, maxes)  # images are independent: d(sum)/d(latents_b) = d(loss_b)/d(latents_b)
+    def loss_and_grad(latents, cond, indices, last, mask):
+      def total(z):
+        maxes = subject_maps(maps_of(params, grad_unet, z, t, cond), indices, last, res, **kw).max(axis=(1, 2))
+        loss = subject_loss(maxes, mask)
+        return loss.sum(), (loss, maxes)  # images are independent: d(sum)/d(latents_b) = d(loss_b)/d(latents_b)
 
-    (_, (loss, maxes)), grad = jax.value_and_grad(total, has_aux=True)(latents)
+      (_, (loss, maxes)), grad = jax.value_and_grad(total, has_aux=True)(latents)
+      return loss, maxes, grad
+
+    loss, maxes, grad = _in_chunks(loss_and_grad, (latents, cond, inputs.indices, inputs.last, inputs.mask),
+                                   shards, settings.gradient_chunk)
     finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad), axis=tuple(range(1, grad.ndim)))
     return _Eval(loss, maxes, grad, finite)
 

@@ -41,6 +41,7 @@ class UNetBlock(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  late_conv_kernels: bool = False
 
   @nn.compact
   def __call__(self, x, temb, context, skips: Optional[list] = None, capture_at: Resolutions = ()):
@@ -53,16 +54,17 @@ class UNetBlock(nn.Module):
       if skips is not None:
         x = jnp.concatenate([x, skips.pop()], axis=-1)
       x = resnet_cls(self.out_channels, cfg.norm_num_groups, cfg.norm_eps, cfg.scale_shift, name=f"resnets_{j}",
-                     **kw)(x, temb)
+                     late_kernels=self.late_conv_kernels, **kw)(x, temb)
       if self.cross_attn:
         x = transformer_cls(self.heads, self.out_channels // self.heads, cfg.norm_num_groups,
                             name=f"attentions_{j}", **kw)(x, context, tuple(capture_at))
       outputs.append(x)
     if self.resample == "down":
-      x = Downsample2D(self.out_channels, cfg.downsample_padding, name="downsamplers_0", **kw)(x)
+      x = Downsample2D(self.out_channels, cfg.downsample_padding, name="downsamplers_0",
+                       late_kernels=self.late_conv_kernels, **kw)(x)
       outputs.append(x)
     elif self.resample == "up":
-      x = Upsample2D(self.out_channels, name="upsamplers_0", **kw)(x)
+      x = Upsample2D(self.out_channels, name="upsamplers_0", late_kernels=self.late_conv_kernels, **kw)(x)
     return x, outputs
 
 
@@ -72,6 +74,7 @@ class UNetMidBlock(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  late_conv_kernels: bool = False
 
   @nn.compact
   def __call__(self, x, temb, context, capture_at: Resolutions = ()):
@@ -79,10 +82,12 @@ class UNetMidBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     resnet_cls, transformer_cls = _blocks(self.remat)
     c, heads = cfg.block_out_channels[-1], cfg.num_heads[-1]
-    x = resnet_cls(c, cfg.norm_num_groups, cfg.norm_eps, cfg.scale_shift, name="resnets_0", **kw)(x, temb)
+    resnet = lambda name: resnet_cls(c, cfg.norm_num_groups, cfg.norm_eps, cfg.scale_shift, name=name,
+                                     late_kernels=self.late_conv_kernels, **kw)
+    x = resnet("resnets_0")(x, temb)
     x = transformer_cls(heads, c // heads, cfg.norm_num_groups, name="attentions_0", **kw)(
         x, context, tuple(capture_at))
-    return resnet_cls(c, cfg.norm_num_groups, cfg.norm_eps, cfg.scale_shift, name="resnets_1", **kw)(x, temb)
+    return resnet("resnets_1")(x, temb)
 
 
 class UNet2DConditionModel(nn.Module):
@@ -92,11 +97,14 @@ class UNet2DConditionModel(nn.Module):
   timesteps: scalar or [B]; encoder_hidden_states: [B, T, cross_attention_dim] text embeddings.
   capture_cross_attn_at: static tuple of resolutions whose cross-attention probabilities are sown to
   `intermediates` (see attention.py). remat: recompute block activations in the backward pass (training).
+  late_conv_kernels: the backward pass builds each convolution's flipped kernel only when its cotangent
+  exists, one at a time (resnet.late_kernel_conv; XLA:CPU otherwise keeps all of them: 1.7 GiB for SD 1.x).
   """
   config: UNetConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
+  late_conv_kernels: bool = False
 
   @nn.compact
   def __call__(self, sample: jax.Array, timesteps: jax.Array, encoder_hidden_states: jax.Array, *,
@@ -124,24 +132,25 @@ class UNet2DConditionModel(nn.Module):
     x = sample.astype(self.dtype)
     if cfg.center_input_sample:
       x = 2 * x - 1.0
-    x = conv(cfg.block_out_channels[0], 3, "conv_in", **kw)(x)
+    late = dict(late_conv_kernels=self.late_conv_kernels)
+    x = conv(cfg.block_out_channels[0], 3, "conv_in", **kw, late_kernels=self.late_conv_kernels)(x)
     skips = [x]
     n = len(cfg.block_out_channels)
     for i, btype in enumerate(cfg.down_block_types):
       x, outs = UNetBlock(cfg, cfg.block_out_channels[i], cfg.num_heads[i], cfg.layers_per_block,
                           btype == "CrossAttnDownBlock2D", "down" if i < n - 1 else None, self.remat,
-                          name=f"down_blocks_{i}", **kw)(x, temb, context, None, capture)
+                          name=f"down_blocks_{i}", **late, **kw)(x, temb, context, None, capture)
       skips += outs
-    x = UNetMidBlock(cfg, self.remat, name="mid_block", **kw)(x, temb, context, capture)
+    x = UNetMidBlock(cfg, self.remat, name="mid_block", **late, **kw)(x, temb, context, capture)
     rev_channels, rev_heads = cfg.block_out_channels[::-1], cfg.num_heads[::-1]
     for i, btype in enumerate(cfg.up_block_types):
       k = cfg.layers_per_block + 1
       block_skips, skips = skips[-k:], skips[:-k]
       x, _ = UNetBlock(cfg, rev_channels[i], rev_heads[i], k, btype == "CrossAttnUpBlock2D",
-                       "up" if i < n - 1 else None, self.remat, name=f"up_blocks_{i}", **kw)(
+                       "up" if i < n - 1 else None, self.remat, name=f"up_blocks_{i}", **late, **kw)(
                            x, temb, context, block_skips, capture)
     x = nn.silu(GroupNorm(cfg.norm_num_groups, cfg.norm_eps, name="conv_norm_out", **kw)(x))
-    x = conv(cfg.out_channels, 3, "conv_out", **kw)(x)
+    x = conv(cfg.out_channels, 3, "conv_out", **kw, late_kernels=self.late_conv_kernels)(x)
     return x.astype(jnp.float32)
 
 
