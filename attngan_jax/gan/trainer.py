@@ -18,8 +18,9 @@ differentiates the G loss w.r.t. the images, mu and logvar only (the discriminat
 KL) and pulls that cotangent back through the saved VJP: the gradient of the whole G loss w.r.t. g_params,
 without a second generator forward. The generator's BatchNorm statistics of that forward enter the state in
 `g_step`, so the running averages move once per iteration as in the reference. The `GeneratorForward` lives
-between the two programs only: it is not part of the state, so a checkpoint never holds
-it and a resumed run begins with a `d_step`, which recomputes it.
+between the two programs only: it is not part of the state, so a checkpoint never holds it and a resumed run
+begins with a `d_step`, which recomputes it. Its residuals stay in memory from d_step to g_step (g_step of the
+old two-forward scheme held the same activations for its backward, next to the D and DAMSM activations).
 
 BatchNorm statistics are those of the global batch (jit over the sharded batch: XLA reduces across devices), so
 a run does not depend on the number of devices. Discriminator BatchNorms see real, fake and wrong batches in
@@ -346,11 +347,14 @@ class GANTrainLoop(TrainLoop):
 
 def compile_steps(trainer: GANTrainer, state: GANState, damsm_vars: dict, batch: dict, shardings: Any,
                   mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
-  """(d_step, g_step) compiled ahead of time for these arguments: the state donated to both (not the
-  `GeneratorForward`: no output of g_step has its arrays' shapes, so XLA could not reuse them); explicit shardings for the state (`shardings`), the metrics (replicated) and
-  the forward's batch-major arrays (split over the batch like the batch); the VJP's residuals are left to XLA's
-  sharding propagation (which follows the batch-sharded forward), and g_step takes them as d_step leaves them.
-  train.fast_compile selects XLA's cheap CPU settings."""
+  """(d_step, g_step) compiled ahead of time for these arguments.
+
+  The state is donated to both (not the `GeneratorForward` to g_step: no output of g_step has its arrays'
+  shapes, so XLA could not reuse their buffers). Explicit output shardings: the state's `shardings`, replicated
+  metrics, and for the forward's batch-major arrays (images, mu, logvar, text features) the batch's split. The
+  VJP's residuals are left to XLA's sharding propagation, which keeps the batch-sharded forward's activations
+  split over the batch (a residual's batch axis is not known here: it may be any, or none for a weight);
+  g_step takes them as d_step leaves them. train.fast_compile selects XLA's cheap CPU settings."""
   options = parallel.run_once_compiler_options() if trainer.config.train.fast_compile else None
   in_shardings = (shardings, jax.tree.map(lambda x: x.sharding, damsm_vars), jax.tree.map(lambda x: x.sharding, batch))
   metrics, by_batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
