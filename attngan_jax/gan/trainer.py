@@ -19,8 +19,8 @@ KL) and pulls that cotangent back through the saved VJP: the gradient of the who
 without a second generator forward. The generator's BatchNorm statistics of that forward enter the state in
 `g_step`, so the running averages move once per iteration as in the reference. The `GeneratorForward` lives
 between the two programs only: it is not part of the state, so a checkpoint never holds it and a resumed run
-begins with a `d_step`, which recomputes it. Its residuals stay in memory from d_step to g_step (g_step of the
-old two-forward scheme held the same activations for its backward, next to the D and DAMSM activations).
+begins with a `d_step`, which recomputes it. The price is memory: the forward's residuals are held from d_step
+to g_step, so d_step's peak holds them beside the D update's activations.
 
 BatchNorm statistics are those of the global batch (jit over the sharded batch: XLA reduces across devices), so
 a run does not depend on the number of devices. Discriminator BatchNorms see real, fake and wrong batches in
