@@ -13,8 +13,8 @@ on the adversarial loss of every stage + lambda * DAMSM loss (the frozen image e
 images) + KL; the generator's EMA (0.999). Adam(0.5, 0.999), lr 2e-4 for G and every D, as the reference.
 - attngan_jax: `GANTrainer.d_step` then `GANTrainer.g_step` (attngan_jax.gan.trainer) compiled by its
   `compile_steps` (state donated) on one CPU device, as `python -m attngan_jax.train` runs them; their compile
-  time is reported apart.
-  (Across two programs g_step repeats the generator forward: see the trainer's docstring.)
+  time is reported apart. The generator runs forward once, in d_step, as in the reference: d_step hands g_step
+  the images and the forward's VJP residuals (see the trainer's docstring).
 - PyTorch (eager): G_NET / D_NET* of tests/helpers/attngan_torch.py, the reference losses of
   tests/helpers/attngan_torch_losses.py (BCE on sigmoid outputs, the per-caption DAMSM word loss), the DAMSM
   encoders of tests/test_damsm_parity.py (RNN_ENCODER; CNN_ENCODER = Inception-v3 at 299 px), the reference's
@@ -26,8 +26,8 @@ Random weights on both sides (timing only); the parent checks that both sides' G
 Measured per side, each in its own subprocess (clean peak memory, no shared thread pools):
 - compile s: attngan_jax's lower + compile of d_step and g_step (PyTorch: none);
 - first iter s: the first iteration (JAX: after compiling; PyTorch: allocator and lazy initialisations);
-- D s / G s / iter s: the D part (text encoder, G forward, D updates), the G part (PyTorch: G loss, backward,
-  step, EMA; JAX: g_step) and the whole iteration, medians of --repeats iterations after the first;
+- D s / G s / iter s: the D part (text encoder, G forward, D updates), the G part (G loss, backward, step, EMA;
+  JAX: g_step) and the whole iteration, medians of --repeats iterations after the first;
 - peak RSS: the process's peak resident memory (VmHWM, _measure.peak_rss_gib), imports, init and compile
   included; RSS after imports: the same before any model is built (the PyTorch side imports jax through the
   test helpers).
@@ -184,14 +184,17 @@ def bench_jax(spec: dict, repeats: int) -> dict:
     compile_s = time.perf_counter() - start
   box = {"state": state, "metrics": {}}
 
-  def run(step, key):
-    def fn():
-      box["state"], metrics = step(box["state"], damsm_vars, batch)
-      box["metrics"][key] = metrics[key]
-      jax.block_until_ready(box["state"])
-    return fn
+  def run_d():  # also keeps the generator forward (images, VJP residuals) d_step hands to g_step
+    box["state"], metrics, box["forward"] = d_step(box["state"], damsm_vars, batch)
+    box["metrics"]["d_loss"] = metrics["d_loss"]
+    jax.block_until_ready((box["state"], box["forward"]))
 
-  res = _iterate(run(d_step, "d_loss"), run(g_step, "g_loss"), repeats)
+  def run_g():
+    box["state"], metrics = g_step(box["state"], damsm_vars, batch, box.pop("forward"))
+    box["metrics"]["g_loss"] = metrics["g_loss"]
+    jax.block_until_ready(box["state"])
+
+  res = _iterate(run_d, run_g, repeats)
   count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))
   s = box["state"]
   return {"compile_s": compile_s, **res, "peak_rss_gib": peak_rss_gib(), "rss_after_imports_gib": rss_imports,

@@ -11,10 +11,16 @@ Per iteration, as the reference's condGANTrainer.train:
    running statistics are not averaged: sampling uses the live ones, as the reference's saved netG does).
 
 `d_step` and `g_step` are separate jitted programs with the state donated, run back to back by `GANTrainLoop`.
-The reference runs G forward once and reuses the images for both updates; across two programs the gradient of
-the second cannot reuse the first's activations, so `g_step` repeats the forward with the same noise and
-parameters (the same images) and only its BatchNorm statistics are kept, so the running averages move once per
-iteration as in the reference. Within each step one G forward serves every discriminator and the DAMSM.
+The generator runs forward once per iteration, as in the reference: `d_step` runs it under `jax.vjp` (w.r.t.
+g_params) and returns, besides the state, a `GeneratorForward`: the images, mu, logvar, the text features, the
+new BatchNorm statistics and the VJP function, a pytree of the forward's residual arrays. `g_step` takes it,
+differentiates the G loss w.r.t. the images, mu and logvar only (the discriminators, the DAMSM image encoder,
+KL) and pulls that cotangent back through the saved VJP: the gradient of the whole G loss w.r.t. g_params,
+without a second generator forward. The generator's BatchNorm statistics of that forward enter the state in
+`g_step`, so the running averages move once per iteration as in the reference. The `GeneratorForward` lives
+between the two programs only: it is not part of the state, so a checkpoint never holds it and a resumed run
+begins with a `d_step`, which recomputes it. The price is memory: the forward's residuals are held from d_step
+to g_step, so d_step's peak holds them beside the D update's activations.
 
 BatchNorm statistics are those of the global batch (jit over the sharded batch: XLA reduces across devices), so
 a run does not depend on the number of devices. Discriminator BatchNorms see real, fake and wrong batches in
@@ -77,6 +83,23 @@ class GANState:
   def ema_variables(self) -> dict:
     """The generator used for sampling and evaluation: EMA parameters + the live BatchNorm statistics."""
     return {"params": self.ema_params, "batch_stats": self.g_batch_stats}
+
+
+@flax.struct.dataclass
+class GeneratorForward:
+  """`d_step`'s train-mode generator forward, handed to `g_step` (not part of the state, never saved).
+
+  images: one per stage; mu, logvar: the CA distribution; words, sentence: the DAMSM text features of the batch;
+  batch_stats: the generator's BatchNorm statistics after this forward; pullback: `jax.vjp`'s function of the
+  forward w.r.t. g_params, (cotangents of (images, mu, logvar)) -> (g_params gradient,): a pytree of the
+  forward's residual arrays, so it can be a program's output and another's input."""
+  images: tuple[jax.Array, ...]
+  mu: jax.Array
+  logvar: jax.Array
+  words: jax.Array
+  sentence: jax.Array
+  batch_stats: Any
+  pullback: Any
 
 
 def stage_key(i: int) -> str:
@@ -169,15 +192,51 @@ class GANTrainer:
     (images, _, mu, logvar), updates = self.generator.apply(
         {"params": g_params, "batch_stats": g_batch_stats}, z, sent, words, mask, ca_noise=eps, train=True,
         mutable=["batch_stats"])
-    return images, mu, logvar, updates["batch_stats"]
+    return tuple(images), mu, logvar, updates["batch_stats"]
+
+  def generator_forward(self, state: GANState, damsm_vars: dict, batch: dict) -> GeneratorForward:
+    """This iteration's generator forward with its VJP w.r.t. g_params (see `GeneratorForward`)."""
+    words, sent, mask = self._text(damsm_vars, batch)
+
+    def forward(g_params):
+      images, mu, logvar, stats = self._generate(g_params, state.g_batch_stats, state, words, sent, mask)
+      return (images, mu, logvar), stats
+
+    (images, mu, logvar), pullback, stats = jax.vjp(forward, state.g_params, has_aux=True)
+    return GeneratorForward(images=images, mu=mu, logvar=logvar, words=words, sentence=sent, batch_stats=stats,
+                            pullback=pullback)
+
+  def generator_loss(self, state: GANState, damsm_vars: dict, batch: dict, images, mu, logvar, words, sent):
+    """The G loss of these images, mu and logvar against the state's discriminators (+ DAMSM + KL):
+    (total, (parts, the discriminators' new BatchNorm statistics))."""
+    logits, d_stats = [], {}
+    for i, d in enumerate(self.discriminators):
+      key = stage_key(i)
+      out, upd = d.apply({"params": state.d_params[key], "batch_stats": state.d_batch_stats[key]}, images[i], sent,
+                         method=_g_stage_logits, mutable=["batch_stats"])
+      logits.append(out)
+      d_stats[key] = upd["batch_stats"]
+    damsm_inputs = None
+    if self.use_damsm_term:
+      regions, glob = self.damsm.encode_image(damsm_vars, images[-1])
+      damsm_inputs = {"regions": regions, "image_global": glob, "words": words, "sentence": sent,
+                      "lengths": batch["length"], "class_ids": batch["class_id"]}
+      # The loss scores all B x B pairs: gather its (small) inputs on every device first. Left sharded, XLA puts
+      # all-gathers inside the conditionals of jnp.diagonal's transpose, and XLA:CPU may run two independent
+      # conditionals in different orders on different devices, which deadlocks their collectives (seen with 8
+      # fake devices).
+      if not jax.sharding.get_abstract_mesh().empty:  # under jax.set_mesh (the train loop, the tests)
+        damsm_inputs = jax.lax.with_sharding_constraint(damsm_inputs, jax.sharding.PartitionSpec())
+    total, parts = losses.generator_loss(logits, mu, logvar, self.loss_cfg, damsm_inputs=damsm_inputs)
+    return total, (parts, d_stats)
 
   # -- steps -------------------------------------------------------------------------------------------------
 
-  def d_step(self, state: GANState, damsm_vars: dict, batch: dict) -> tuple[GANState, dict]:
-    """Updates every discriminator on this iteration's real, fake and wrong pairs."""
-    words, sent, mask = self._text(damsm_vars, batch)
-    fakes, _, _, _ = self._generate(state.g_params, state.g_batch_stats, state, words, sent, mask)
-    fakes = [jax.lax.stop_gradient(f) for f in fakes]
+  def d_step(self, state: GANState, damsm_vars: dict, batch: dict) -> tuple[GANState, dict, GeneratorForward]:
+    """Updates every discriminator on this iteration's real, fake and wrong pairs; also returns the generator
+    forward that made the fakes, for `g_step`."""
+    forward = self.generator_forward(state, damsm_vars, batch)
+    fakes, sent = forward.images, forward.sentence
     reals = real_images(batch, self.sizes)
 
     def loss_fn(d_params):
@@ -197,42 +256,24 @@ class GANTrainer:
     updates, opt_state = state.d_tx.update(grads, state.d_opt_state, state.d_params)
     new = state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state,
                         d_batch_stats=stats)
-    return new, {"d_loss": loss, "d_grad_norm": optax.global_norm(grads), **metrics}
+    return new, {"d_loss": loss, "d_grad_norm": optax.global_norm(grads), **metrics}, forward
 
-  def g_step(self, state: GANState, damsm_vars: dict, batch: dict) -> tuple[GANState, dict]:
-    """Updates the generator against the current discriminators (+ DAMSM + KL), then its EMA; step += 1."""
-    words, sent, mask = self._text(damsm_vars, batch)
-    d_stats_in = state.d_batch_stats
-
-    def loss_fn(g_params):
-      fakes, mu, logvar, g_stats = self._generate(g_params, state.g_batch_stats, state, words, sent, mask)
-      logits, d_stats = [], {}
-      for i, d in enumerate(self.discriminators):
-        key = stage_key(i)
-        out, upd = d.apply({"params": state.d_params[key], "batch_stats": d_stats_in[key]}, fakes[i], sent,
-                           method=_g_stage_logits, mutable=["batch_stats"])
-        logits.append(out)
-        d_stats[key] = upd["batch_stats"]
-      damsm_inputs = None
-      if self.use_damsm_term:
-        regions, glob = self.damsm.encode_image(damsm_vars, fakes[-1])
-        damsm_inputs = {"regions": regions, "image_global": glob, "words": words, "sentence": sent,
-                        "lengths": batch["length"], "class_ids": batch["class_id"]}
-        # The loss scores all B x B pairs: gather its (small) inputs on every device first. Left sharded, XLA puts
-        # all-gathers inside the conditionals of jnp.diagonal's transpose, and XLA:CPU may run two independent
-        # conditionals in different orders on different devices, which deadlocks their collectives (seen with 8
-        # fake devices).
-        if not jax.sharding.get_abstract_mesh().empty:  # under jax.set_mesh (the train loop, the tests)
-          damsm_inputs = jax.lax.with_sharding_constraint(damsm_inputs, jax.sharding.PartitionSpec())
-      total, parts = losses.generator_loss(logits, mu, logvar, self.loss_cfg, damsm_inputs=damsm_inputs)
-      return total, (parts, g_stats, d_stats)
-
-    (loss, (parts, g_stats, d_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+  def g_step(self, state: GANState, damsm_vars: dict, batch: dict,
+             forward: GeneratorForward) -> tuple[GANState, dict]:
+    """Updates the generator against the current discriminators (+ DAMSM + KL), then its EMA; step += 1.
+    `forward` is this iteration's `d_step` output: the G loss is differentiated w.r.t. its images, mu and logvar,
+    and the cotangent pulled back through its VJP (the chain rule through the generator, without rerunning it)."""
+    loss_fn = lambda images, mu, logvar: self.generator_loss(state, damsm_vars, batch, images, mu, logvar,
+                                                             forward.words, forward.sentence)
+    (loss, (parts, d_stats)), cotangents = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
+        forward.images, forward.mu, forward.logvar)
+    (grads,) = forward.pullback(cotangents)
     updates, opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)
     decay = ema_decay_at(state.step, self.ema_decay) if self.ema_warmup else self.ema_decay
-    new = state.replace(step=state.step + 1, g_params=g_params, g_opt_state=opt_state, g_batch_stats=g_stats,
-                        ema_params=ema_update(state.ema_params, g_params, decay), d_batch_stats=d_stats)
+    new = state.replace(step=state.step + 1, g_params=g_params, g_opt_state=opt_state,
+                        g_batch_stats=forward.batch_stats, ema_params=ema_update(state.ema_params, g_params, decay),
+                        d_batch_stats=d_stats)
     names = {"adversarial": "g/adv", "damsm": "g/damsm", "kl": "g/kl", "w_loss0": "g/w0", "w_loss1": "g/w1",
              "s_loss0": "g/s0", "s_loss1": "g/s1"}
     metrics = {names.get(k, k.replace("g_loss", "g/stage")): v for k, v in parts.items()}
@@ -240,8 +281,8 @@ class GANTrainer:
 
   def iteration(self, state: GANState, damsm_vars: dict, batch: dict) -> tuple[GANState, dict]:
     """d_step then g_step in one function (for tests and eager use; training runs them as two programs)."""
-    state, d_metrics = self.d_step(state, damsm_vars, batch)
-    state, g_metrics = self.g_step(state, damsm_vars, batch)
+    state, d_metrics, forward = self.d_step(state, damsm_vars, batch)
+    state, g_metrics = self.g_step(state, damsm_vars, batch, forward)
     return state, {**d_metrics, **g_metrics}
 
   # -- export ------------------------------------------------------------------------------------------------
@@ -297,8 +338,8 @@ class GANTrainLoop(TrainLoop):
     damsm_vars = self.damsm_vars
 
     def step(state, batch):
-      state, d_metrics = d_step(state, damsm_vars, batch)
-      state, g_metrics = g_step(state, damsm_vars, batch)
+      state, d_metrics, forward = d_step(state, damsm_vars, batch)
+      state, g_metrics = g_step(state, damsm_vars, batch, forward)
       return state, {**d_metrics, **g_metrics}
 
     return step
@@ -306,16 +347,26 @@ class GANTrainLoop(TrainLoop):
 
 def compile_steps(trainer: GANTrainer, state: GANState, damsm_vars: dict, batch: dict, shardings: Any,
                   mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
-  """(d_step, g_step) compiled ahead of time for these arguments: the state donated, explicit input and output
-  shardings (state: `shardings`; metrics replicated); train.fast_compile selects XLA's cheap CPU settings."""
+  """(d_step, g_step) compiled ahead of time for these arguments.
+
+  The state is donated to both (not the `GeneratorForward` to g_step: no output of g_step has its arrays'
+  shapes, so XLA could not reuse their buffers). Explicit output shardings: the state's `shardings`, replicated
+  metrics, and for the forward's batch-major arrays (images, mu, logvar, text features) the batch's split. The
+  VJP's residuals are left to XLA's sharding propagation, which keeps the batch-sharded forward's activations
+  split over the batch (a residual's batch axis is not known here: it may be any, or none for a weight);
+  g_step takes them as d_step leaves them. train.fast_compile selects XLA's cheap CPU settings."""
   options = parallel.run_once_compiler_options() if trainer.config.train.fast_compile else None
   in_shardings = (shardings, jax.tree.map(lambda x: x.sharding, damsm_vars), jax.tree.map(lambda x: x.sharding, batch))
-  compiled = []
-  for fn in (trainer.d_step, trainer.g_step):
-    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=(shardings, parallel.replicated(mesh)),
-                     donate_argnums=0, compiler_options=options)
-    compiled.append(jitted.lower(state, damsm_vars, batch).compile())
-  return compiled[0], compiled[1]
+  metrics, by_batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  stage_images = tuple(by_batch for _ in trainer.sizes)
+  forward_out = GeneratorForward(images=stage_images, mu=by_batch, logvar=by_batch, words=by_batch,
+                                 sentence=by_batch, batch_stats=shardings.g_batch_stats, pullback=None)
+  d_step = jax.jit(trainer.d_step, in_shardings=in_shardings, out_shardings=(shardings, metrics, forward_out),
+                   donate_argnums=0, compiler_options=options).lower(state, damsm_vars, batch).compile()
+  forward = d_step.out_info[2]  # abstract, with the shardings d_step gives; its VJP tree is the one d_step returns
+  g_step = jax.jit(trainer.g_step, in_shardings=in_shardings + (jax.tree.map(lambda x: x.sharding, forward),),
+                   out_shardings=(shardings, metrics), donate_argnums=0, compiler_options=options)
+  return d_step, g_step.lower(state, damsm_vars, batch, forward).compile()
 
 
 def damsm_vocab_builder(config: ml_collections.ConfigDict, workdir: str) -> Callable:
