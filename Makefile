@@ -38,13 +38,19 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
-# The demo: shapes data preview scored by the oracle; DAMSM pretraining + R-precision; the shapes latent
-# diffusion model (VAE, then UNet + text encoder) with oracle-scored samples. Everything lands under $(RUN)/.
+# The demo: shapes data preview scored by the oracle; DAMSM pretraining + R-precision; AttnGAN on that DAMSM
+# (samples, attention figure, R-precision + oracle); the shapes latent diffusion model (VAE, then UNet + text
+# encoder) with oracle-scored samples. Everything lands under $(RUN)/.
 demo: $(STAMP)
 	$(VPY) -m t2i_common.data.preview --dataset shapes --num 16 --resolution 64 --out $(RUN)/data_preview
 	$(VPY) -m t2i_common.data.shapes_oracle --examples $(RUN)/data_preview/examples.jsonl > $(RUN)/data_preview/oracle.json
 	$(VPY) -m attngan_jax.pretrain_damsm --config configs/attngan/damsm_shapes.py --workdir $(RUN)/damsm_shapes
 	$(VPY) -m attngan_jax.evaluate_damsm --config configs/attngan/damsm_shapes.py --workdir $(RUN)/damsm_shapes
+	$(VPY) -m attngan_jax.train --config configs/attngan/attngan_shapes.py --workdir $(RUN)/attngan_shapes \
+	    --config.damsm.workdir=$(RUN)/damsm_shapes
+	$(VPY) -m attngan_jax.evaluate --config configs/attngan/attngan_shapes.py --workdir $(RUN)/attngan_shapes
+	$(VPY) -m attngan_jax.sample --workdir $(RUN)/attngan_shapes --caption "a red circle and a blue square" \
+	    --caption "a small yellow triangle above a large green heart" --seeds 0-3 --out $(RUN)/attngan_shapes/cli_samples
 	$(VPY) -m diffusion_jax.train --config configs/diffusion/shapes_vae.py --workdir $(RUN)/shapes_vae
 	$(VPY) -m diffusion_jax.train --config configs/diffusion/shapes_ldm.py --workdir $(RUN)/shapes_ldm \
 	    --config.model.vae_path=$(RUN)/shapes_vae/vae
@@ -53,6 +59,8 @@ demo: $(STAMP)
 	@echo "Demo finished. Pictures and metrics are under $(RUN)/:"
 	@echo "  $(RUN)/data_preview/grid.png (+ oracle.json)   shapes examples with captions"
 	@echo "  $(RUN)/damsm_shapes/attention/, eval/r_precision.json   DAMSM word attention, R-precision"
+	@echo "  $(RUN)/attngan_shapes/cli_samples/grid.png, attention.png   AttnGAN samples (every stage), attention figure"
+	@echo "  $(RUN)/attngan_shapes/samples/, eval/attngan.json, eval/grid.png   training pictures, R-precision + oracle"
 	@echo "  $(RUN)/shapes_vae/reconstructions/   VAE reconstructions"
 	@echo "  $(RUN)/shapes_ldm/samples/final.png, metrics.jsonl   LDM samples and their oracle scores"
 	@echo "  $(RUN)/shapes_ldm/samples/eval.png, eval/samples.json   96 test captions sampled and scored"
