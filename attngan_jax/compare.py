@@ -55,10 +55,11 @@ def score_table(workdirs: Sequence[str], labels: Sequence[str]) -> str:
       raise FileNotFoundError(f"{path!r} does not exist: run python -m attngan_jax.evaluate on {workdir!r} first.")
     with open(path) as f:
       r = json.load(f)
-    pct = lambda key: f"{100 * r[key]:.1f} %" if key in r else "-"
+    oracle = r.get("oracle", {})  # shapes data only
+    pct = lambda key: f"{100 * oracle[key]:.1f} %" if key in oracle else "-"
     rp = f"{100 * r['r_precision']:.1f} +- {100 * r['r_precision_std']:.1f} %" if "r_precision" in r else "-"
-    rows.append(f"| {label} | {r.get('num_images', '-')} | {rp} | {pct('oracle/object_recall')} | "
-                f"{pct('oracle/all_present')} | {pct('oracle/heldout_object_recall')} |")
+    rows.append(f"| {label} | {r.get('num_images', '-')} | {rp} | {pct('object_recall')} | {pct('all_present')} | "
+                f"{pct('object_recall/held_out')} |")
   return "\n".join(rows)
 
 

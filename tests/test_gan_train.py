@@ -391,7 +391,11 @@ def test_compare_runs_side_by_side(tiny_run, tmp_path, capsys):
   left, right = grid[2:98, 2:98], grid[2:98, 100:196]
   np.testing.assert_array_equal(left, right)
   printed = capsys.readouterr().out
-  assert printed.count("| first | 24 |") == 1 and "| second | 24 |" in printed
+  scores = json.load(open(os.path.join(workdir, "eval", "attngan.json")))
+  row = (f"| first | 24 | {100 * scores['r_precision']:.1f} +- {100 * scores['r_precision_std']:.1f} % | "
+         f"{100 * scores['oracle']['object_recall']:.1f} % | {100 * scores['oracle']['all_present']:.1f} % | "
+         f"{100 * scores['oracle']['object_recall/held_out']:.1f} % |")
+  assert row in printed and "| second | 24 |" in printed, printed
   with pytest.raises(SystemExit, match="gives 1 label"):
     compare.main(["--workdir", workdir, "--workdir", workdir, "--labels", "one", "--caption", "a red circle",
                   "--out", out])
