@@ -147,7 +147,7 @@ def bench_jax(folder: str, args, plain: bool = False) -> dict:
   compile_s = pipe.last_timings["compile_s"]
   run()
   t = pipe.last_timings
-  grads = "" if plain else f" + {t['num_gradient_evals']} gradient (batched)"
+  grads = "" if plain else f" + {t['num_gradient_evals']} gradient (per image per device: gradient_chunk=1)"
   out = {"compile_s": compile_s, "sample_s": t["run_s"], "unet_calls": f"{t['num_model_evals']} guided{grads}",
          "peak_rss_gib": peak_rss_gib()}
   dev = jax.devices()[0]
