@@ -41,3 +41,16 @@ def fast_compile_module():
   """`fast_compile` for a whole module (`pytestmark = pytest.mark.usefixtures("fast_compile_module")`)."""
   with _jax_config(jax_disable_most_optimizations=True):
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_runs(tmp_path_factory):
+  """The tiny shapes VAE and LDM (configs' "tiny" variants) trained once per session: (root, vae, ldm), the
+  trainers' results. Shared by the trainers' tests and the neglect study's, which only need a pipeline."""
+  from diffusion_jax.train import train_and_evaluate
+  from t2i_common.config import load_config
+  root = tmp_path_factory.mktemp("shapes_diffusion")
+  vae = train_and_evaluate(load_config("configs/diffusion/shapes_vae.py:tiny"), str(root / "vae_run"))
+  ldm = train_and_evaluate(load_config("configs/diffusion/shapes_ldm.py:tiny", [f"model.vae_path={vae['vae']}"]),
+                           str(root / "ldm_run"))
+  return root, vae, ldm

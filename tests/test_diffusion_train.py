@@ -8,15 +8,9 @@ import pytest
 from t2i_common.config import load_config
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  from diffusion_jax.train import train_and_evaluate
-  root = tmp_path_factory.mktemp("shapes_diffusion")
-  vae_cfg = load_config("configs/diffusion/shapes_vae.py:tiny")
-  vae = train_and_evaluate(vae_cfg, str(root / "vae_run"))
-  ldm_cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", [f"model.vae_path={vae['vae']}"])
-  ldm = train_and_evaluate(ldm_cfg, str(root / "ldm_run"))
-  return root, vae, ldm
+@pytest.fixture
+def trained(tiny_shapes_runs):
+  return tiny_shapes_runs
 
 
 def test_vae_run_writes_diffusers_vae_with_measured_scale(trained):

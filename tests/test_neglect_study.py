@@ -59,25 +59,14 @@ def test_default_schedule_scales_the_papers():
     ns.build_parser().parse_args(args + ["0.5"])
 
 
-@pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-  import jax
-  from diffusion_jax.train import train_and_evaluate
-  # Compile time dominates: XLA's optimisations off, the fewest training steps, no VAE discriminator.
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  root = tmp_path_factory.mktemp("neglect_study")
-  vae = train_and_evaluate(load_config("configs/diffusion/shapes_vae.py:tiny", [
-      "train.num_steps=2", "model.discriminator.enabled=False"]), str(root / "vae"))
-  # The export samples 8 images with 2 steps at guidance 4 (the tiny config): the study's plain arm below
-  # samples the same batch shape and reuses that compiled sampler.
-  ldm = train_and_evaluate(load_config("configs/diffusion/shapes_ldm.py:tiny", [
-      f"model.vae_path={vae['vae']}", "train.num_steps=2"]), str(root / "ldm"))
-  yield ldm["pipeline"]
-  jax.config.update("jax_disable_most_optimizations", old)
+@pytest.fixture
+def tiny_pipeline(tiny_shapes_runs):
+  # The tiny LDM's export sampled 8 images with 2 steps at guidance 4: the study's plain arm below samples the
+  # same batch shape and reuses that compiled sampler.
+  return tiny_shapes_runs[2]["pipeline"]
 
 
-def test_command_end_to_end(tiny_pipeline, tmp_path):
+def test_command_end_to_end(tiny_pipeline, tmp_path, fast_compile):
   out = tmp_path / "study"
   results = ns.main(["--pretrained", tiny_pipeline, "--out", str(out), "--num-captions", "4", "--seeds", "0,1",
                      "--steps", "2", "--guidance", "4", "--scale-factor", "5,40", "--max-iter-to-alter", "2",
