@@ -8,13 +8,8 @@ import pytest
 from t2i_common.config import load_config
 
 
-@pytest.fixture
-def trained(tiny_shapes_runs):
-  return tiny_shapes_runs
-
-
-def test_vae_run_writes_diffusers_vae_with_measured_scale(trained):
-  root, vae, _ = trained
+def test_vae_run_writes_diffusers_vae_with_measured_scale(tiny_shapes_runs):
+  root, vae, _ = tiny_shapes_runs
   with open(os.path.join(vae["vae"], "config.json")) as f:
     config = json.load(f)
   assert config["_class_name"] == "AutoencoderKL"
@@ -25,9 +20,9 @@ def test_vae_run_writes_diffusers_vae_with_measured_scale(trained):
   assert any("rec_loss" in l for l in lines) and any("disc_loss" in l for l in lines)
 
 
-def test_ldm_run_exports_a_pipeline_that_samples(trained):
+def test_ldm_run_exports_a_pipeline_that_samples(tiny_shapes_runs):
   from diffusion_jax import from_pretrained
-  root, _, ldm = trained
+  root, _, ldm = tiny_shapes_runs
   assert ldm["step"] == 4
   for key in ("sample/object_recall", "sample/object_precision", "sample/all_present"):
     assert 0.0 <= ldm[key] <= 1.0
@@ -43,9 +38,9 @@ def test_ldm_run_exports_a_pipeline_that_samples(trained):
   assert pipe.tokenizer([caption]).lengths[0] == num_words + 2
 
 
-def test_evaluate_cli_scores_the_exported_pipeline(trained, tmp_path):
+def test_evaluate_cli_scores_the_exported_pipeline(tiny_shapes_runs, tmp_path):
   from diffusion_jax import evaluate
-  root, _, ldm = trained
+  root, _, ldm = tiny_shapes_runs
   cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", ["model.sampling.num_images=4"])
   result = evaluate.evaluate(cfg, str(tmp_path), pretrained=ldm["pipeline"])
   assert result["num_images"] == 4 and result["num_objects"] >= 4
@@ -68,10 +63,10 @@ def test_evaluate_cli_scores_the_exported_pipeline(trained, tmp_path):
     evaluate.evaluate(cfg, str(tmp_path), pretrained=ldm["pipeline"], restore_from=(1000,))
 
 
-def test_ldm_pipeline_reads_in_diffusers(trained):
+def test_ldm_pipeline_reads_in_diffusers(tiny_shapes_runs):
   pytest.importorskip("torch", reason="the parity extra (torch, diffusers) is not installed")
   diffusers = pytest.importorskip("diffusers")
-  _, _, ldm = trained
+  _, _, ldm = tiny_shapes_runs
   pipe = diffusers.StableDiffusionPipeline.from_pretrained(ldm["pipeline"], safety_checker=None,
                                                            requires_safety_checker=False)
   out = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="np", height=32, width=32)
@@ -119,14 +114,14 @@ def test_finetune_variant_trains_a_pretrained_sd_folder(tmp_path):
   assert exported.unet.config == from_pretrained(folder).unet.config
 
 
-def test_cached_latents_give_the_step_that_encoding_gives(trained, tmp_path):
+def test_cached_latents_give_the_step_that_encoding_gives(tiny_shapes_runs, tmp_path):
   """config.model.cache_latents only moves the VAE encoder out of the step: same posterior, same loss."""
   import jax
   from diffusion_jax.training.latent_cache import MEAN
   from diffusion_jax.training.ldm_trainer import LDMTrainer
   from t2i_common import parallel
   from t2i_common.data.loader import make_loader
-  _, vae, _ = trained
+  _, vae, _ = tiny_shapes_runs
   cfg = load_config("configs/diffusion/shapes_ldm.py:tiny", [f"model.vae_path={vae['vae']}"])
   trainer = LDMTrainer(cfg, str(tmp_path))
   options = parallel.run_once_compiler_options()

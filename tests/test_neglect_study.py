@@ -59,14 +59,8 @@ def test_default_schedule_scales_the_papers():
     ns.build_parser().parse_args(args + ["0.5"])
 
 
-@pytest.fixture
-def tiny_pipeline(tiny_shapes_runs):
-  # The tiny LDM's export sampled 8 images with 2 steps at guidance 4: the study's plain arm below samples the
-  # same batch shape and reuses that compiled sampler.
-  return tiny_shapes_runs[2]["pipeline"]
-
-
-def test_command_end_to_end(tiny_pipeline, tmp_path, fast_compile):
+def test_command_end_to_end(tiny_shapes_runs, tmp_path, fast_compile):
+  tiny_pipeline = tiny_shapes_runs[2]["pipeline"]  # the tiny configs' run, shared with tests/test_diffusion_train.py
   out = tmp_path / "study"
   results = ns.main(["--pretrained", tiny_pipeline, "--out", str(out), "--num-captions", "4", "--seeds", "0,1",
                      "--steps", "2", "--guidance", "4", "--scale-factor", "5,40", "--max-iter-to-alter", "2",
