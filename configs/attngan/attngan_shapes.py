@@ -14,8 +14,8 @@ steps, the R-precision of 500 generated images every 1,000.
 Expected (evaluate: 2,000 images from 1-3-object test captions): DAMSM R-precision 60.1 +- 2.8 %, shapes oracle
 object recall 5.2 %, all present 2.4 %; with --config.loss.damsm_lambda=0 / 1: R-precision 19.5 / 47.1 %, object
 recall 5.5 / 6.2 % (the paper's lambda ablation). The generator learns the caption's colours and layout but not
-yet the shapes (the shapes LDM's 42.7 % object recall is the bar to beat). Training takes 10 min 38 s on 2 idle CPU
-cores (9.7 iterations/s, compile 11 s, the hooks' pictures and evaluations included). What was tried and measured:
+yet the shapes (the shapes LDM's 42.7 % object recall is the bar to beat). Training takes 10 min 31 s on 2 idle CPU
+cores (9.9 iterations/s, compile 11 s, the hooks' pictures and evaluations included; measured in make demo). What was tried and measured:
 docs/attngan_shapes.md.
 
 Variant "tiny" is the test-suite version: 16 and 32 px, tiny widths, a randomly initialised DAMSM (no other
