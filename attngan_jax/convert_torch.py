@@ -1,4 +1,4 @@
-"""Import of PyTorch DAMSM / Inception-v3 weights into our Flax modules.
+"""Import of PyTorch DAMSM / Inception-v3 / AttnGAN weights (and one TensorFlow Inception) into our Flax modules.
 
 Sources:
 - text_encoder: the reference's text_encoder*.pth (RNN_ENCODER state dict: encoder.weight,
@@ -14,7 +14,12 @@ Sources:
   the shapes), `load_discriminator`;
 - fid_inception: pytorch-fid's FID Inception weights (pt_inception-2015-12-05-*.pth, the state dict of its
   fid_inception_v3(): torchvision's names, no aux head, 1008-class fc kept unless --no-fc) into
-  InceptionV3(variant="fid"), read back by `load_fid_inception` (t2i_common.metrics: FID, Inception score).
+  InceptionV3(variant="fid"), read back by `load_fid_inception` (t2i_common.metrics: FID, Inception score);
+- stackgan_inception: the one TensorFlow kind: StackGAN's CUB-fine-tuned Inception-v3 for the birds Inception score,
+  the TF-slim checkpoint inception_finetuned_models/birds_valid299/model.ckpt-5000 (its exponential-moving-average
+  weights, as StackGAN's inception_score.py restores them; 51 classes, 0 = background) or an .npz of {variable name:
+  array}, into InceptionV3(variant="slim"), read back by `load_stackgan_inception`; needs TensorFlow for the
+  checkpoint (pip install tensorflow-cpu). attngan_jax.stackgan_inception has the names and the reference's facts.
 
 Every import is strict (t2i_common.weights.convert_strict): a missing, unexpected or mis-shaped tensor
 raises with the list of names. Output directory: `variables.safetensors` (flat "collection/module/.../name"
@@ -24,6 +29,8 @@ keys) + `config.json` (kind and model options), read back by `load_text_encoder`
 CLI: python -m attngan_jax.convert_torch --kind text_encoder|image_encoder|inception|fid_inception|generator|
      discriminator --src FILE.pth --out DIR [--captions captions.pickle]  (text_encoder: also writes the
      matching vocab.json)
+     python -m attngan_jax.convert_torch --kind stackgan_inception \
+         --src inception_finetuned_models/birds_valid299/model.ckpt-5000 --out weights/inception_cub
 """
 from __future__ import annotations
 
@@ -44,13 +51,15 @@ from attngan_jax.gan.config import gan_model_config
 from attngan_jax.gan.discriminator import Discriminator
 from attngan_jax.gan.generator import Generator, make_generator
 from attngan_jax.damsm.image_encoder import ImageEncoder
+from attngan_jax import stackgan_inception
 from attngan_jax.inception import InceptionV3
 from attngan_jax.text import Vocabulary
 from attngan_jax.damsm.text_encoder import TextEncoder
 from t2i_common.weights import (BATCHNORM_LEAVES, abstract_params, conv_kernel, convert_strict, dense_kernel,
                                 read_state_dict)
 
-KINDS = ("text_encoder", "image_encoder", "inception", "fid_inception", "generator", "discriminator")
+KINDS = ("text_encoder", "image_encoder", "inception", "fid_inception", "generator", "discriminator",
+         "stackgan_inception")
 VARIABLES_FILE = "variables.safetensors"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
@@ -148,6 +157,12 @@ def _fid_inception_model(state: dict[str, np.ndarray], keep_fc: bool) -> tuple[I
   return inception_from_config(config), config
 
 
+def _stackgan_inception_model(state: dict[str, np.ndarray], keep_fc: bool, source: str) -> tuple[InceptionV3, dict]:
+  classes = stackgan_inception.num_classes(state, source)
+  config = {"kind": "stackgan_inception", "num_classes": classes if keep_fc else None, "variant": "slim"}
+  return inception_from_config(config), config
+
+
 def text_encoder_from_config(config: dict) -> TextEncoder:
   return TextEncoder(n_words=config["n_words"], embed_dim=config["embed_dim"], output_dim=config["output_dim"])
 
@@ -221,6 +236,13 @@ def convert_state_dict(state: dict[str, np.ndarray], kind: str, *, source: str =
   elif kind == "fid_inception":
     model, config = _fid_inception_model(state, keep_fc)
     rename, ignore = _rename_inception, IGNORE_ALWAYS + (() if config["num_classes"] else (r"^fc\.",))
+  elif kind == "stackgan_inception":  # TF-slim names: a table of its own, and the EMA weights where present
+    state, averaged = stackgan_inception.select_averages(state, source)
+    model, config = _stackgan_inception_model(state, keep_fc, source)
+    config["weights"] = "exponential moving averages" if averaged else "plain variables (no EMA shadows in the file)"
+    ignore = stackgan_inception.IGNORE + (() if config["num_classes"] else (r"^logits/",))
+    variables = stackgan_inception.convert(state, _template(model, kind), source, ignore)
+    return model, variables, config
   else:
     raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}.")
   variables = convert_strict(state, _template(model, kind), rename, source=source, ignore=ignore)
@@ -353,6 +375,14 @@ def load_discriminator(path: str, model: ml_collections.ConfigDict) -> tuple[Dis
   return disc, variables
 
 
+def load_stackgan_inception(path: str) -> tuple[InceptionV3, dict]:
+  """(InceptionV3(variant="slim"), variables) from `--kind stackgan_inception` output (StackGAN's CUB Inception)."""
+  variables, config = _load(path, "stackgan_inception")
+  model = inception_from_config(config)
+  _check_tree(model, variables, "stackgan_inception", path)
+  return model, variables
+
+
 def load_fid_inception(path: str) -> tuple[InceptionV3, dict]:
   """(InceptionV3(variant="fid"), variables) from `--kind fid_inception` output (pytorch-fid's weights)."""
   variables, config = _load(path, "fid_inception")
@@ -363,7 +393,7 @@ def load_fid_inception(path: str) -> tuple[InceptionV3, dict]:
 
 def convert_file(kind: str, src: str, out: str, *, captions: Optional[str] = None, keep_fc: bool = True) -> dict:
   """Converts `src` into the directory `out`; returns the model config written."""
-  state = read_state_dict(src)
+  state = stackgan_inception.read_checkpoint(src) if kind == "stackgan_inception" else read_state_dict(src)
   _, variables, config = convert_state_dict(state, kind, source=src, keep_fc=keep_fc)
   if captions is not None:
     if kind != "text_encoder":
@@ -381,10 +411,12 @@ def convert_file(kind: str, src: str, out: str, *, captions: Optional[str] = Non
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--kind", required=True, choices=KINDS)
-  parser.add_argument("--src", required=True, help="PyTorch .pth/.pt/.bin/.safetensors state dict")
+  parser.add_argument("--src", required=True, help="PyTorch .pth/.pt/.bin/.safetensors state dict; "
+                      "stackgan_inception: the TensorFlow checkpoint (prefix, e.g. model.ckpt-5000) or an .npz")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--captions", default=None, help="text_encoder: the reference captions.pickle")
-  parser.add_argument("--no-fc", action="store_true", help="inception, fid_inception: drop the classifier")
+  parser.add_argument("--no-fc", action="store_true",
+                      help="inception, fid_inception, stackgan_inception: drop the classifier")
   args = parser.parse_args(argv)
   config = convert_file(args.kind, args.src, args.out, captions=args.captions, keep_fc=not args.no_fc)
   print(f"wrote {args.out}: {json.dumps(config)}")

@@ -44,8 +44,8 @@ def eval_config(num_images: int = 30_000, batch_size: int = 50) -> ml_collection
       "every_steps": 0,            # > 0: evaluate during training on hook_num_images images (eval/* scalars)
       "hook_num_images": 500,
       # The evaluate command only. Inception score: a converted Inception with its classifier (python -m
-      # attngan_jax.convert_torch --kind inception for StackGAN's CUB-fine-tuned or torchvision's ImageNet one,
-      # --kind fid_inception for pytorch-fid's); "" skips it.
+      # attngan_jax.convert_torch --kind stackgan_inception for StackGAN's CUB-fine-tuned TF checkpoint, --kind
+      # inception for torchvision's ImageNet one, --kind fid_inception for pytorch-fid's); "" skips it.
       "inception_score": ml_collections.ConfigDict({"weights": "", "splits": 10, "transform_input": False}),
       # FID against the real test images: pytorch-fid's Inception converted with --kind fid_inception; "" skips
       # it. Real statistics are cached per dataset, resolution and backend in cache_dir ("" = <workdir>/eval).

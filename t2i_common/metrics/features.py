@@ -1,9 +1,11 @@
 """Inception-v3 features of many images, for FID and the Inception score.
 
 `InceptionExtractor` runs a converted Inception (attngan_jax.convert_torch output: `fid_inception` for pytorch-fid's
-FID weights, `inception` for torchvision-layout classifiers) jitted and data-parallel over a mesh, with pytorch-fid's
-input path: uint8 images (or floats in [0, 1], rounded to uint8 first as saving a PNG would, so in-memory samples
-score like the same samples written to disk) -> [0, 1] -> bilinear resize to 299 without antialiasing -> [-1, 1].
+FID weights, `inception` for torchvision-layout classifiers, `stackgan_inception` for StackGAN's CUB classifier)
+jitted and data-parallel over a mesh, with the input path of the code that defined the metric: uint8 images (or
+floats in [0, 1], rounded to uint8 first as saving a PNG would, so in-memory samples score like the same samples
+written to disk) -> pytorch-fid's bilinear resize to 299 without antialiasing -> [-1, 1]; for stackgan_inception
+StackGAN's inception_score.py path instead (PIL's 8-bit bilinear resize, bit-exact -> x / 127.5 - 1).
 `extract_features` streams an array or an iterator of batches through it with a progress bar (rate, ETA);
 `iter_image_folder` reads a folder of pictures in batches.
 
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from attngan_jax.inception import fid_preprocess
+from attngan_jax.inception import fid_preprocess, stackgan_preprocess
 from t2i_common import parallel
 from t2i_common.logging import progress, to_uint8
 
@@ -31,25 +33,35 @@ from t2i_common.logging import progress, to_uint8
 IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
 # Backend names reported with every figure: FID and IS depend on the network's weights and structure.
 BACKENDS = {"fid_inception": "pytorch-fid-inception (converted)",
-            "inception": "torchvision-layout-inception-v3 (converted)"}
+            "inception": "torchvision-layout-inception-v3 (converted)",
+            "stackgan_inception": "stackgan-cub-inception-v3 (converted TF-slim checkpoint)"}
 # "pool": the 2048-d pool3 features (FID); "mixed_6e_pool": Mixed_6e averaged over space, 768-d (pytorch-fid's
-# --dims 768); "logits" / "logits_unbiased": class scores (the Inception score).
-OUTPUTS = ("pool", "mixed_6e_pool", "logits", "logits_unbiased")
+# --dims 768); "logits" / "logits_unbiased": class scores (the Inception score); "logits_foreground": the logits
+# without column 0, TF-slim's background class (StackGAN's inception_score.py softmaxes logits[:, 1:]).
+OUTPUTS = ("pool", "mixed_6e_pool", "logits", "logits_unbiased", "logits_foreground")
 # The class scores the Inception score takes from each kind (from_converted's output="class_scores"): the fc output
-# without its bias for pytorch-fid's 1008-class TF graph (improved-gan's and torch-fidelity's choice), else logits.
-CLASS_SCORES = {"fid_inception": "logits_unbiased", "inception": "logits"}
+# without its bias for pytorch-fid's 1008-class TF graph (improved-gan's and torch-fidelity's choice), the 50 bird
+# classes for StackGAN's, else logits.
+CLASS_SCORES = {"fid_inception": "logits_unbiased", "inception": "logits", "stackgan_inception": "logits_foreground"}
+# Input paths (uint8 levels / 255 -> model input): pytorch-fid's, or StackGAN's inception_score.py for its model.
+PREPROCESS = {"pytorch_fid": fid_preprocess, "stackgan": stackgan_preprocess}
+KIND_PREPROCESS = {"stackgan_inception": "stackgan"}
+LOADERS = {"fid_inception": "load_fid_inception", "inception": "load_inception",
+           "stackgan_inception": "load_stackgan_inception"}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "output", "resolution", "mesh"))
+@functools.partial(jax.jit, static_argnames=("model", "output", "resolution", "mesh", "preprocess"))
 def _inception_output(variables: Any, images: jax.Array, *, model: Any, output: str, resolution: int,
-                      mesh: jax.sharding.Mesh) -> jax.Array:
+                      mesh: jax.sharding.Mesh, preprocess: str = "pytorch_fid") -> jax.Array:
   # One compiled program per (model config, output, batch shape, mesh), shared by every extractor (Flax modules
   # with equal fields are equal and hash alike), so the CLIs and tests that build several compile once.
   # Full float32 convolutions: GPUs would otherwise use TF32 and TPUs bfloat16 passes (errors of ~1e-3 in the
   # features); metrics must not depend on the accelerator. The Inception forward is cheap next to sampling.
   with jax.default_matmul_precision("highest"):
-    out = model.apply(variables, fid_preprocess(images.astype(jnp.float32) / 255.0, resolution))
+    out = model.apply(variables, PREPROCESS[preprocess](images.astype(jnp.float32) / 255.0, resolution))
   out["mixed_6e_pool"] = jnp.mean(out["mixed_6e"], axis=(1, 2))
+  if "logits" in out:
+    out["logits_foreground"] = out["logits"][:, 1:]
   if output not in out:
     raise ValueError(f"the Inception has no {output!r} output (it returns {sorted(out)}): logits need a "
                      "model converted with its fc layer (without --no-fc).")
@@ -64,13 +76,18 @@ class InceptionExtractor:
   output: one of OUTPUTS.
   batch_size: images per jitted call, a multiple of the mesh size; the last batch is padded (one compiled shape).
   backend: the name reported with figures computed from these features.
+  preprocess: a key of PREPROCESS, the input path ("pytorch_fid"; "stackgan" for StackGAN's CUB Inception).
   Arrays passed in must be the same on every process (each process feeds its slice of each batch).
   """
 
   def __init__(self, model: Any, variables: Any, output: str = "pool", *, backend: str,
-               batch_size: int = 50, resolution: int = 299, mesh: Optional[jax.sharding.Mesh] = None):
+               batch_size: int = 50, resolution: int = 299, mesh: Optional[jax.sharding.Mesh] = None,
+               preprocess: str = "pytorch_fid"):
     if output not in OUTPUTS:
       raise ValueError(f"unknown Inception output {output!r}; choose one of {OUTPUTS}.")
+    if preprocess not in PREPROCESS:
+      raise ValueError(f"unknown Inception input path {preprocess!r}; choose one of {sorted(PREPROCESS)}.")
+    self.preprocess = preprocess
     self.mesh = mesh if mesh is not None else parallel.create_mesh(None)
     if batch_size < 1 or batch_size % self.mesh.size:
       raise ValueError(f"batch_size={batch_size} must be a positive multiple of the mesh size {self.mesh.size}.")
@@ -81,12 +98,13 @@ class InceptionExtractor:
   @classmethod
   def from_converted(cls, path: str, output: str = "pool", *, transform_input: bool = False,
                      **kwargs: Any) -> "InceptionExtractor":
-    """From a directory written by `python -m attngan_jax.convert_torch --kind fid_inception|inception`.
+    """From a directory of `python -m attngan_jax.convert_torch --kind fid_inception|inception|stackgan_inception`,
+    with the kind's input path (KIND_PREPROCESS).
 
     output: one of OUTPUTS, or "class_scores" for the logits the Inception score uses with this kind (CLASS_SCORES).
 
     transform_input: torchvision's ImageNet weights expect ImageNet normalisation (torchvision's
-    transform_input=True); pytorch-fid's weights and TF-slim fine-tuned models take [-1, 1] as they are.
+    transform_input=True); pytorch-fid's weights and TF-slim models (StackGAN's) take [-1, 1] as they are.
     kwargs: batch_size, mesh, resolution.
     """
     from attngan_jax import convert_torch
@@ -97,12 +115,9 @@ class InceptionExtractor:
                               "attngan_jax.convert_torch --kind fid_inception --src FILE --out DIR.")
     with open(config_path) as f:
       kind = json.load(f).get("kind")
-    if kind == "fid_inception":
-      model, variables = convert_torch.load_fid_inception(path)
-    elif kind == "inception":
-      model, variables = convert_torch.load_inception(path)
-    else:
-      raise ValueError(f"{path!r} holds a {kind!r}, not an Inception (kind fid_inception or inception).")
+    if kind not in LOADERS:
+      raise ValueError(f"{path!r} holds a {kind!r}, not an Inception (kind {', '.join(LOADERS)}).")
+    model, variables = getattr(convert_torch, LOADERS[kind])(path)
     if output == "class_scores":
       output = CLASS_SCORES[kind]
     if transform_input:
@@ -110,6 +125,7 @@ class InceptionExtractor:
     backend = BACKENDS[kind] + (" with ImageNet input transform" if transform_input else "")
     if output == "mixed_6e_pool":  # FID of other features is another metric: say so wherever it is reported
       backend += ", 768-d Mixed_6e features"
+    kwargs.setdefault("preprocess", KIND_PREPROCESS.get(kind, "pytorch_fid"))
     return cls(model, variables, output, backend=backend, **kwargs)
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -127,7 +143,7 @@ class InceptionExtractor:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
       batch = parallel.global_batch({"image": chunk[p * local:(p + 1) * local]}, self.mesh)
       feats = _inception_output(self.variables, batch["image"], model=self.model, output=self.output,
-                                resolution=self.resolution, mesh=self.mesh)
+                                resolution=self.resolution, mesh=self.mesh, preprocess=self.preprocess)
       out.append(np.asarray(feats)[:n])
     return np.concatenate(out)
 

@@ -9,8 +9,9 @@ exp(mean_x sum_y p(y|x) (log p(y|x) - log p(y))). Float64 throughout; mean and p
 The classifier matters as much as the images: ImageNet's Inception for COCO (pytorch-fid's 1008-class FID
 weights, converted with --kind fid_inception, scored on the fc output without its bias as improved-gan and
 torch-fidelity do; or torchvision's 1000-class one, --kind inception with --transform-input), StackGAN's
-CUB-fine-tuned Inception-v3 (50 classes) for birds, converted to torchvision's tensor names and then with
---kind inception. Every result names its backend and N.
+CUB-fine-tuned Inception-v3 for birds (its TF checkpoint birds_valid299/model.ckpt-5000 converted with --kind
+stackgan_inception; scored as StackGAN's inception_score.py: its input path, softmax over the 50 bird classes
+without the background column). Every result names its backend and N.
 
 CLI: python -m t2i_common.metrics.inception_score --images DIR --weights CONVERTED_DIR [--splits 10]
 """
@@ -90,11 +91,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description="Inception score of a folder of images.")
   parser.add_argument("--images", required=True, help="folder of images (one size)")
   parser.add_argument("--weights", required=True, help="converted Inception with its fc layer "
-                                                       "(attngan_jax.convert_torch --kind fid_inception|inception)")
+                                                       "(attngan_jax.convert_torch --kind fid_inception|inception|"
+                                                       "stackgan_inception)")
   parser.add_argument("--splits", type=int, default=10)
   parser.add_argument("--batch-size", type=int, default=50, help="rounded up to a multiple of the device count")
-  parser.add_argument("--output", choices=("logits", "logits_unbiased"), default=None,
-                      help="default: logits_unbiased for pytorch-fid's weights, logits otherwise")
+  parser.add_argument("--output", choices=("logits", "logits_unbiased", "logits_foreground"), default=None,
+                      help="default: logits_unbiased for pytorch-fid's weights, logits_foreground (no background "
+                      "class) for StackGAN's, logits otherwise")
   parser.add_argument("--transform-input", action="store_true",
                       help="torchvision's ImageNet weights: ImageNet input normalisation (transform_input=True)")
   parser.add_argument("--shuffle-seed", type=int, default=None, help="permute before splitting (torch-fidelity: 2020)")
