@@ -20,7 +20,9 @@ CORE = [
 TEST = ["pytest>=8", "pytest-xdist>=3.5"]
 # torch must be the CPU build on machines without a GPU: install torch first
 # (see .ci/run), then this extra, so pip does not pull a CUDA build.
-PARITY = ["torch>=2.4", "diffusers>=0.30", "transformers>=4.44"]
+# tensorflow-cpu: reads StackGAN's TF checkpoint of its CUB Inception (attngan_jax.stackgan_inception) and is the
+# reference in tests/test_stackgan_inception.py.
+PARITY = ["torch>=2.4", "diffusers>=0.30", "transformers>=4.44", "tensorflow-cpu>=2.18"]
 
 setup(
     name="t2i-jax",
