@@ -138,6 +138,27 @@ def test_text_encoder_matches_transformers(folder):
   assert max(errs.values()) <= TOL
 
 
+def test_text_encoder_without_layers_matches_transformers(tmp_path):
+  """A 0-layer encoder (token + position embeddings and the final norm: every word's vector is its own, the
+  neglect study's third model) loads and matches transformers; clip_skip has nothing to skip."""
+  config = transformers.CLIPTextConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=0,
+                                       num_attention_heads=4, max_position_embeddings=16, eos_token_id=2)
+  torch.manual_seed(0)
+  ref_model = transformers.CLIPTextModel(config).eval()
+  ref_model.save_pretrained(tmp_path / "text_encoder")
+  module, variables = convert.load_text_encoder(str(tmp_path / "text_encoder"))
+  ids = np.random.default_rng(0).integers(3, 99, (2, 16))
+  ids[:, 0], ids[0, 9], ids[1, 15] = 0, 2, 2
+  with torch.no_grad():
+    ref = ref_model(torch.from_numpy(ids))
+  out = module.apply(variables, jnp.asarray(ids))
+  errs = [_max_err(out["last_hidden_state"], ref.last_hidden_state.numpy()),
+          _max_err(out["pooler_output"], ref.pooler_output.numpy())]
+  assert max(errs) <= TOL, errs
+  with pytest.raises(ValueError, match=r"clip_skip=1 must be in \[0, 1\)"):
+    module.apply(variables, jnp.asarray(ids), clip_skip=1)
+
+
 def _assert_same_state(ours: dict, ref: dict):
   assert sorted(ours) == sorted(ref), set(ours) ^ set(ref)
   for k, v in ref.items():

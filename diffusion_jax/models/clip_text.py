@@ -128,8 +128,9 @@ class CLIPTextTransformer(nn.Module):
     if input_ids.ndim != 2 or input_ids.shape[1] > cfg.max_position_embeddings:
       raise ValueError(f"input_ids {input_ids.shape} must be [B, T] with T <= {cfg.max_position_embeddings}; "
                        "tokenize with truncation to the tokenizer's model_max_length.")
-    if not 0 <= clip_skip < cfg.num_hidden_layers:
-      raise ValueError(f"clip_skip={clip_skip} must be in [0, {cfg.num_hidden_layers}).")
+    # A 0-layer encoder (token + position embeddings only: every word's vector is its own) allows clip_skip 0.
+    if not 0 <= clip_skip < max(cfg.num_hidden_layers, 1):
+      raise ValueError(f"clip_skip={clip_skip} must be in [0, {max(cfg.num_hidden_layers, 1)}).")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, t = input_ids.shape
     if position_ids is None:
