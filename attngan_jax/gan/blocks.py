@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from attngan_jax.initializers import normal, orthogonal
+from t2i_common import cpu_conv
 
 LEAKY_SLOPE = 0.2  # the discriminators' LeakyReLU
 
@@ -34,8 +35,10 @@ def upsample_nearest2x(x: jax.Array) -> jax.Array:
 
 
 def conv3x3(features: int, name: str) -> nn.Conv:
-  """3x3, stride 1, padding 1, no bias (the reference conv3x3)."""
-  return nn.Conv(features, (3, 3), padding=1, use_bias=False, kernel_init=orthogonal(), name=name)
+  """3x3, stride 1, padding 1, no bias (the reference conv3x3); deep ones on small maps run as one matmul on the
+  CPU (t2i_common.cpu_conv: the discriminators' 4 x 4 heads, the first stage's 8 x 8 upsampling)."""
+  return nn.Conv(features, (3, 3), padding=1, use_bias=False, kernel_init=orthogonal(), name=name,
+                 conv_general_dilated=cpu_conv.conv_general_dilated)
 
 
 def conv1x1(features: int, name: str) -> nn.Conv:

@@ -7,9 +7,9 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from diffusion_jax.models.norms import GroupNorm
+from t2i_common import cpu_conv
 
 Dtype = Any
 
@@ -26,7 +26,7 @@ def late_kernel_conv(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Arr
   Same values as lax.conv_general_dilated; the input itself is saved for the backward pass only when the
   kernel is differentiated too (weight gradients need it).
   """
-  conv_fn = lambda x, k: lax.conv_general_dilated(x, k, *args, **kwargs)
+  conv_fn = lambda x, k: cpu_conv.conv_general_dilated(x, k, *args, **kwargs)
 
   @jax.custom_vjp
   def f(x, k):
@@ -53,11 +53,12 @@ def late_kernel_conv(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Arr
 def conv(features: int, kernel: int, name: Optional[str], dtype: Dtype, param_dtype: Dtype, stride: int = 1,
          padding: Any = None, late_kernels: bool = False) -> nn.Conv:
   """A square convolution with PyTorch's symmetric 'same' padding unless told otherwise; late_kernels: its
-  backward builds the flipped kernel late (see `late_kernel_conv`)."""
+  backward builds the flipped kernel late (see `late_kernel_conv`). Deep convolutions on small maps run as one
+  matmul on the CPU (t2i_common.cpu_conv)."""
   pad = ((kernel // 2, kernel // 2),) * 2 if padding is None else padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad, dtype=dtype,
                  param_dtype=param_dtype, name=name,
-                 conv_general_dilated=late_kernel_conv if late_kernels else None)
+                 conv_general_dilated=late_kernel_conv if late_kernels else cpu_conv.conv_general_dilated)
 
 
 class ResnetBlock2D(nn.Module):
