@@ -22,14 +22,17 @@ for the SD-1.x architecture at SIZE px and prints XLA's memory analysis (tempora
 memory question "does A&E at batch 4 fit where plain sampling at batch 4 fits" without a machine that runs it.
 
 Memory (--memory 256 / 512 --batches 4,1; XLA:CPU temporary memory in GiB, 3 DDIM steps, one refinement step;
-arguments 3.84 GiB in every row; compile-only, so the load of the machine does not change the figures):
+arguments 3.84 GiB in every row; compile-only, so the load of the machine does not change the figures). "now":
+with the CPU fast paths (t2i_common/cpu_conv.py, models/attention.py cpu_attention: its chunks of 128 queries no
+longer hold the [B, heads, 4096, 4096] logits of the 512 px self-attention); the other columns were measured
+before them:
 
-| size px | batch | plain | A&E before | A&E, gradient_chunk=1 (default) | A&E, gradient_chunk=None |
-|---|---|---|---|---|---|
-| 256 | 1 | 0.239 | 2.330 | 0.642 | (= 1) |
-| 256 | 4 | 0.954 | 4.043 | 0.957 | 2.327 |
-| 512 | 1 | 3.169 | 7.528 | 5.819 | (= 1) |
-| 512 | 4 | 12.675 | 24.904 | 12.678 | 23.140 |
+| size px | batch | plain | A&E before | A&E, gradient_chunk=1 (default) | A&E, gradient_chunk=None | now: plain / A&E (chunk 1) / A&E (None) |
+|---|---|---|---|---|---|---|
+| 256 | 1 | 0.239 | 2.330 | 0.642 | (= 1) | 0.219 / 0.477 / - |
+| 256 | 4 | 0.954 | 4.043 | 0.957 | 2.327 | 0.875 / 0.875 / 1.622 |
+| 512 | 1 | 3.169 | 7.528 | 5.819 | (= 1) | 0.875 / 2.344 / - |
+| 512 | 4 | 12.675 | 24.904 | 12.678 | 23.140 | 3.500 / 3.500 / 9.167 |
 
 "Before": one gradient pass over the whole batch with jax's own convolution gradient (the code before
 gradient_chunk). Two things made it large. (1) The input gradient of a convolution needs the flipped,
