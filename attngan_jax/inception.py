@@ -229,8 +229,8 @@ class InceptionV3(nn.Module):
     x = conv(192, 3, name="Conv2d_4a_3x3")(x, train)
     x = _max_pool3s2(x)
     out = {}
+    pools = VARIANT_POOLS[self.variant]
     for name, block, kwargs in BLOCKS:
-      pools = VARIANT_POOLS[self.variant]
       if name in pools:
         kwargs = dict(kwargs, pool=pools[name])
       x = block(name=name, bn_scale=bn_scale, **kwargs)(x, train)

@@ -39,7 +39,7 @@ import re
 
 import numpy as np
 
-from t2i_common.weights import WeightMismatchError
+from t2i_common.weights import WeightMismatchError, convert_strict
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 # Checkpoint entries deliberately not imported (regular expressions on the variable names).
@@ -175,7 +175,6 @@ def num_classes(state: dict[str, np.ndarray], source: str) -> int:
 
 def convert(state: dict[str, np.ndarray], template, source: str, ignore=()) -> dict:
   """t2i_common.weights.convert_strict with this table; missing tensors are named as the checkpoint names them."""
-  from t2i_common.weights import convert_strict
   try:
     return convert_strict(state, template, rename, source=source, ignore=ignore)
   except WeightMismatchError as e:

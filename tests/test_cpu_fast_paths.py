@@ -62,16 +62,21 @@ def test_route_is_taken_only_for_deep_small_stride_one_convolutions():
   assert not cpu_conv.uses_matmul((1, 512, 8, 8), (4, 512, 3, 3), (1, 1), pad, dimension_numbers=nchw)
 
 
-def test_flax_convolution_of_the_models_uses_it_with_the_same_values():
+def test_flax_convolution_of_the_models_uses_it_with_the_same_values(monkeypatch):
+  calls = []
+  matmul_conv = cpu_conv.matmul_conv
+  monkeypatch.setattr(cpu_conv, "matmul_conv", lambda *a, **kw: calls.append(1) or matmul_conv(*a, **kw))
   x, _ = _inputs(size=8)
   ours = conv(8, 3, None, jnp.float32, jnp.float32)
   variables = ours.init(jax.random.key(2), x)
   ref = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)))
+  calls.clear()
   assert _rel(jax.jit(ours.apply)(variables, x), ref.apply(variables, x)) <= TOL
+  assert calls, "the models' convolution did not take the matmul route for 512 channels on 8 x 8"
 
 
 @pytest.mark.parametrize("t,s", [(256, 256), (256, 77), (77, 77), (200, 64)])
-def test_cpu_attention_matches_dot_product_attention(t, s):
+def test_cpu_attention_matches_dot_product_attention(t, s, monkeypatch):
   """Chunked (256 queries: 2 chunks of 128) and whole (77, or 200: not a multiple of the chunk)."""
   keys = jax.random.split(jax.random.key(3), 3)
   q = jax.random.normal(keys[0], (2, t, 4, 8)) * 2
@@ -81,6 +86,11 @@ def test_cpu_attention_matches_dot_product_attention(t, s):
   assert _rel(jax.jit(ours)(q, k, v), ref(q, k, v)) <= TOL
   grads = jax.grad(loss(ours), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)
   assert max(_rel(a, b) for a, b in zip(*grads)) <= TOL
-  # dot_attention takes it for unmasked float32 attention on the CPU.
+  # dot_attention takes it for unmasked float32 attention on the CPU, and not with a mask.
+  calls = []
+  monkeypatch.setattr(attention, "cpu_attention", lambda *a: calls.append(1) or ours(*a))
   flat = lambda x: x.reshape(2, x.shape[1], 32)
   assert _rel(attention.dot_attention(flat(q), flat(k), flat(v), 4), flat(ref(q, k, v))) <= TOL
+  assert calls == [1]
+  attention.dot_attention(flat(q), flat(k), flat(v), 4, mask=jnp.ones((1, 1, t, s), bool))
+  assert calls == [1]

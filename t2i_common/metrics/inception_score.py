@@ -73,8 +73,9 @@ def inception_score(logits_or_probs: np.ndarray, splits: int = 10, *, from_logit
 def compute_inception_score(images: np.ndarray | Iterable[np.ndarray], extractor: InceptionExtractor,
                             splits: int = 10, *, shuffle_seed: Optional[int] = None) -> dict[str, Any]:
   """IS of images (an array or an iterator of uint8 batches) through a logits extractor; adds "backend"."""
-  if extractor.output == "pool":
-    raise ValueError("the Inception score needs an extractor of logits (output 'logits' or 'logits_unbiased').")
+  if not extractor.output.startswith("logits"):
+    raise ValueError(f"the Inception score needs an extractor of logits (output 'logits', 'logits_unbiased' or "
+                     f"'logits_foreground'), not {extractor.output!r}.")
   logits = extract_features(images, extractor, desc="inception score logits")
   result = inception_score(logits, splits, shuffle_seed=shuffle_seed)
   result["backend"] = f"{extractor.backend}, {extractor.output}, {logits.shape[1]} classes"
