@@ -78,6 +78,8 @@ PROMPT, INDICES = "a cat and a frog", [2, 5]
 # (image size (None: the folder's), attention map side) per configuration
 CONFIGS = {"tiny": (None, 16), "sd1": (256, 8)}
 SIDES = ("diffusers", "diffusion_jax", "diffusion_jax plain")
+# Batches > 1 also time our call with the whole batch in one gradient pass (more memory, larger matmuls).
+WHOLE_BATCH = "diffusion_jax, gradient_chunk=None"
 
 
 def _settings(args) -> dict:
@@ -129,7 +131,7 @@ def bench_diffusers(folder: str, args) -> dict:
   return out
 
 
-def bench_jax(folder: str, args, plain: bool = False) -> dict:
+def bench_jax(folder: str, args, plain: bool = False, gradient_chunk: int | None = 1) -> dict:
   """Our Attend-and-Excite call; plain=True: plain sampling of the same batch (the memory baseline)."""
   import jax
   import diffusion_jax
@@ -141,7 +143,8 @@ def bench_jax(folder: str, args, plain: bool = False) -> dict:
   if plain:  # the same call without Attend-and-Excite
     settings = dict(num_inference_steps=args.steps, guidance_scale=settings["guidance_scale"])
   else:
-    settings.update(token_indices=INDICES, attn_res=attn_res, max_refinement_steps=args.refinement)
+    settings.update(token_indices=INDICES, attn_res=attn_res, max_refinement_steps=args.refinement,
+                    gradient_chunk=gradient_chunk)
 
   def run():
     return pipe([PROMPT] * args.batch, latents=latents, height=height, width=height, **settings)
@@ -150,7 +153,8 @@ def bench_jax(folder: str, args, plain: bool = False) -> dict:
   compile_s = pipe.last_timings["compile_s"]
   run()
   t = pipe.last_timings
-  grads = "" if plain else f" + {t['num_gradient_evals']} gradient (per image per device: gradient_chunk=1)"
+  per = "per image per device: gradient_chunk=1" if gradient_chunk == 1 else "whole batch in one pass"
+  grads = "" if plain else f" + {t['num_gradient_evals']} gradient ({per})"
   out = {"compile_s": compile_s, "sample_s": t["run_s"], "unet_calls": f"{t['num_model_evals']} guided{grads}",
          "peak_rss_gib": peak_rss_gib()}
   dev = jax.devices()[0]
@@ -241,7 +245,8 @@ def main(argv=None) -> None:
     args.batch, args.height = int(args._batch), int(args._height) if args._height else None
     args.attn_res = int(args._attn_res)
     fn = {"diffusers": bench_diffusers, "diffusion_jax": bench_jax,
-          "diffusion_jax plain": functools.partial(bench_jax, plain=True)}[args._side]
+          "diffusion_jax plain": functools.partial(bench_jax, plain=True),
+          WHOLE_BATCH: functools.partial(bench_jax, gradient_chunk=None)}[args._side]
     print(json.dumps(fn(args._folder, args)))
     return
   names = ["tiny"] if args.quick else (args.configs or "tiny,sd1").split(",")
@@ -260,20 +265,25 @@ def main(argv=None) -> None:
     folder = write_folder(name, args.workdir)
     height, attn_res = CONFIGS[name]
     for batch in batches:
-      res = {side: _run_side(side, folder, args, batch, height, attn_res) for side in SIDES}
+      sides = SIDES + ((WHOLE_BATCH,) if batch > 1 else ())
+      res = {side: _run_side(side, folder, args, batch, height, attn_res) for side in sides}
       rows.append((name, batch, res))
       print(f"{name} batch {batch}: {json.dumps(res)}", flush=True)
   mem_key = "device_peak_gib" if any("device_peak_gib" in r[2]["diffusion_jax"] for r in rows) else "peak_rss_gib"
   print(f"\n| config | batch | side | compile s | whole call s | UNet evaluations | peak "
         f"{'device' if mem_key == 'device_peak_gib' else 'RSS'} GiB |\n|" + "---|" * 7)
   for name, batch, res in rows:
-    for side in SIDES:
+    for side in res:
       r = res[side]
       print(f"| {name} | {batch} | {side} | {fmt(r['compile_s'], '.1f')} | {fmt(r['sample_s'])} | "
             f"{r['unet_calls']} | {fmt(r.get(mem_key), '.2f')} |")
     d, j = res["diffusers"], res["diffusion_jax"]
     print(f"| {name} | {batch} | ratio jax/diffusers | | {j['sample_s'] / d['sample_s']:.2f} | | "
           f"{fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
+    if WHOLE_BATCH in res:
+      w = res[WHOLE_BATCH]
+      print(f"| {name} | {batch} | ratio jax (gradient_chunk=None)/diffusers | | {w['sample_s'] / d['sample_s']:.2f} "
+            f"| | {fmt(w.get(mem_key) / d.get(mem_key), '.2f')} |")
     print(f"| {name} | {batch} | memory A&E / plain (jax) | | | | "
           f"{fmt(j.get(mem_key) / res['diffusion_jax plain'].get(mem_key), '.2f')} |")
 
