@@ -18,7 +18,7 @@ apart), samples each caption with every seed once plainly and once with Attend-a
   lost (the reverse).
 Several --scale-factor / --max-iter-to-alter / --subject-words values give one Attend-and-Excite arm each (a
 sweep); every arm shares the plain arm's seeds. --subject-words colour excites the colour words instead of the
-shape words (on the shapes model they hold the cross-attention; docs/neglect_study.md).
+shape words (on the shapes model they hold the cross-attention; docs/neglect_study.md), "both" all four.
 Writes OUT/study.json, OUT/study.md (a Markdown table), OUT/grid.png (for the first --grid-captions captions: plain
 and each arm side by side, the oracle's count of found objects in the labels) and OUT/attention_<k>.png for the
 first --attention-images images (each subject word's cross-attention map at three steps over the image, plainly
@@ -117,13 +117,20 @@ def paired(plain: Sequence[dict[str, int]], other: Sequence[dict[str, int]], num
 
 
 # Which words of "a red circle and a blue square" Attend-and-Excite excites: the shape words (the paper's
-# choice, its nouns) or the colour words.
-SUBJECT_WORDS = ("shape", "colour")
+# choice, its nouns), the colour words, or all four ("both": the loss is that of the least attended of them).
+SUBJECT_WORDS = ("shape", "colour", "both")
+
+
+def subject_lists(captions: Sequence[dict], seeds: Sequence[int]) -> dict[str, list[list[str]]]:
+  """For each choice of SUBJECT_WORDS, the words excited in each image (captions x seeds, caption-major)."""
+  shapes = [list(c["subjects"]) for c in captions for _ in seeds]
+  colours = [[colour for colour, _ in c["objects"]] for c in captions for _ in seeds]
+  return {"shape": shapes, "colour": colours, "both": [c + s for c, s in zip(colours, shapes)]}
 
 
 def _arm_name(scale_factor: float, max_iter: int, words: str, several: bool) -> str:
   name = f"A&E sf={scale_factor:g} iters={max_iter}" if several else "A&E"
-  return name if words == "shape" else f"{name} on colours"
+  return {"shape": name, "colour": f"{name} on colours", "both": f"{name} on colours and shapes"}[words]
 
 
 def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, steps: int = 25,
@@ -149,8 +156,7 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
   bad = [w for w in subject_words if w not in SUBJECT_WORDS]
   if bad or not subject_words:
     raise ValueError(f"subject_words {list(subject_words)}: choose from {SUBJECT_WORDS}.")
-  subjects = {"shape": [c["subjects"] for c in captions for _ in seeds],
-              "colour": [[colour for colour, _ in c["objects"]] for c in captions for _ in seeds]}
+  subjects = subject_lists(captions, seeds)
   objects = [c["objects"] for c in captions for _ in seeds]
   held_out = np.asarray([c["held_out"] for c in captions for _ in seeds])
   image_seeds = [s for _ in captions for s in seeds]

@@ -59,6 +59,18 @@ def test_default_schedule_scales_the_papers():
     ns.build_parser().parse_args(args + ["0.5"])
 
 
+def test_subject_words_of_each_choice():
+  captions = [{"subjects": ["ring", "square"], "objects": [("orange", "ring"), ("purple", "square")]},
+              {"subjects": ["star", "heart"], "objects": [("red", "star"), ("red", "heart")]}]
+  lists = ns.subject_lists(captions, seeds=[0, 1])
+  assert set(lists) == set(ns.SUBJECT_WORDS)
+  assert lists["shape"] == [["ring", "square"]] * 2 + [["star", "heart"]] * 2
+  assert lists["colour"] == [["orange", "purple"]] * 2 + [["red", "red"]] * 2
+  assert lists["both"][0] == ["orange", "purple", "ring", "square"]
+  assert lists["both"][3] == ["red", "red", "star", "heart"]
+  assert ns._arm_name(10.0, 12, "both", False) == "A&E on colours and shapes"
+
+
 def test_command_end_to_end(tiny_shapes_runs, tmp_path, fast_compile):
   tiny_pipeline = tiny_shapes_runs[2]["pipeline"]  # the tiny configs' run, shared with tests/test_diffusion_train.py
   out = tmp_path / "study"
