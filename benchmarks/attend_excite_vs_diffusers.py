@@ -278,12 +278,10 @@ def main(argv=None) -> None:
       print(f"| {name} | {batch} | {side} | {fmt(r['compile_s'], '.1f')} | {fmt(r['sample_s'])} | "
             f"{r['unet_calls']} | {fmt(r.get(mem_key), '.2f')} |")
     d, j = res["diffusers"], res["diffusion_jax"]
-    print(f"| {name} | {batch} | ratio jax/diffusers | | {j['sample_s'] / d['sample_s']:.2f} | | "
-          f"{fmt(j.get(mem_key) / d.get(mem_key), '.2f')} |")
-    if WHOLE_BATCH in res:
-      w = res[WHOLE_BATCH]
-      print(f"| {name} | {batch} | ratio jax (gradient_chunk=None)/diffusers | | {w['sample_s'] / d['sample_s']:.2f} "
-            f"| | {fmt(w.get(mem_key) / d.get(mem_key), '.2f')} |")
+    for label, r in (("jax", j), ("jax (gradient_chunk=None)", res.get(WHOLE_BATCH))):
+      if r is not None:
+        print(f"| {name} | {batch} | ratio {label}/diffusers | | {r['sample_s'] / d['sample_s']:.2f} | | "
+              f"{fmt(r.get(mem_key) / d.get(mem_key), '.2f')} |")
     print(f"| {name} | {batch} | memory A&E / plain (jax) | | | | "
           f"{fmt(j.get(mem_key) / res['diffusion_jax plain'].get(mem_key), '.2f')} |")
 
