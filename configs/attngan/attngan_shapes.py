@@ -22,7 +22,7 @@ Variant "long" (`attngan_shapes.py:long` in the train and evaluate commands): th
 learning rate 2e-4 and 18,000 iterations, lambda 5. Expected (the same evaluation): R-precision 70.1 +- 2.5 %,
 object recall 15.4 %, all present 6.7 % (colour recall 67.0 %, shape recall 20.1 %; circles 59.8 %, crosses and
 stars below 2 %), three times the recipe's objects. Training takes 29 min 2 s on 2 idle CPU cores (10.6
-iterations/s, the hooks' pictures and evaluations included); the object recall was still rising (eval@3000 ..
+iterations/s, the hooks' pictures and evaluations included); the object recall rose, then levelled off (eval@3000 ..
 18000: 3.5 / 4.2 / 9.1 / 11.3 / 15.0 / 15.2 %).
 
 Variant "tiny" is the test-suite version: 16 and 32 px, tiny widths, a randomly initialised DAMSM (no other
