@@ -38,13 +38,13 @@ def test_oracle_finds_the_rendered_objects(resolution, num):
     assert result["all_present"] >= 0.95, (name, result)
 
 
-
 def test_oracle_finds_every_object_at_32_px():
   # 32 px is what the shapes GAN and LDM generate: their object recall is only theirs if real images score 100 %.
   src = ShapesSource("test", resolution=32, seed=11)
   records = [src[i] for i in range(150)]
   result = score([r["image"] for r in records], [r["objects"] for r in records])
   assert result["object_recall"] == result["object_precision"] == result["all_present"] == 1.0, result
+
 
 def test_detected_boxes_match_the_ground_truth():
   src = ShapesSource("test", resolution=96, seed=5)
