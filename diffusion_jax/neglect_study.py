@@ -15,7 +15,10 @@ apart), samples each caption with every seed once plainly and once with Attend-a
 - the oracle's own scores (object_precision, colour and shape recall, recall per shape, seen / held-out pairs);
 - time per image (the sampler's run time, compilation apart) and, with Attend-and-Excite, its diagnostics;
 - against plain sampling on the same seeds: rescued (plain not all_present, Attend-and-Excite all_present) and
-  lost (the reverse).
+  lost (the reverse);
+- Attend-and-Excite's premise on this model (`attention_premise`): in the plain images that show one of their two
+  objects, how often the missing object's word is the less attended one at step 0 (the update raises the least
+  attended word: about 50 % means it pushes the wrong word as often as the right one).
 Several --scale-factor / --max-iter-to-alter / --subject-words values give one Attend-and-Excite arm each (a
 sweep); every arm shares the plain arm's seeds. --subject-words colour excites the colour words instead of the
 shape words (on the shapes model they hold the cross-attention; docs/neglect_study.md), "both" all four.
@@ -86,6 +89,39 @@ def pair_outcome(objects: Sequence[tuple[str, str]], detections: Sequence[dict])
     g = collections.Counter(key(p) for p in got.elements())
     counts[name] = sum((w & g).values())
   return counts
+
+
+def objects_found(objects: Sequence[tuple[str, str]], detections: Sequence[dict]) -> list[bool]:
+  """Per listed object, whether the detections hold it with its colour and shape (multiset, as `pair_outcome`)."""
+  got = collections.Counter((d["color"], d["shape"]) for d in detections)
+  out = []
+  for obj in objects:
+    out.append(got[tuple(obj)] > 0)
+    got[tuple(obj)] -= 1
+  return out
+
+
+def attention_premise(found: Sequence[Sequence[bool]], maxes: np.ndarray, words: str) -> dict[str, Any]:
+  """Whether Attend-and-Excite's signal points at the object the model leaves out, on this model.
+
+  found: per plain image, which of its two objects the oracle found; maxes [N, K]: the subject words' smoothed
+  maximum attention at step 0, on the initial noise (what plain sampling sees; `initial_max_attention[:, 0]`),
+  subjects in the order of `subject_lists`. An object's attention is its subject word's (with "both", the lower of
+  its colour and shape words', as the loss takes the least attended). Over the plain images with exactly one of
+  the two objects: the fraction where the missing object's word is the less attended (50 %: the attention says
+  nothing about which object is missing; near 100 %: the update pushes the word of the missing object), and the
+  mean attention of found and missing objects over all images."""
+  found = np.asarray(found, bool)
+  maxes = np.asarray(maxes, np.float64)
+  n = found.shape[1]
+  per_object = np.minimum(maxes[:, :n], maxes[:, n:2 * n]) if words == "both" else maxes[:, :n]
+  one = found.sum(axis=1) == n - 1
+  missing = np.where(one[:, None], ~found, False)
+  lower = [per_object[i][missing[i]].max() < per_object[i][~missing[i]].min() for i in np.flatnonzero(one)]
+  return {"neglect_images": int(one.sum()),
+          "missing_less_attended": float(np.mean(lower)) if lower else None,
+          "attention_found": float(per_object[found].mean()) if found.any() else None,
+          "attention_missing": float(per_object[~found].mean()) if (~found).any() else None}
 
 
 def summarize(outcomes: Sequence[dict[str, int]], num_objects: int = 2) -> dict[str, float]:
@@ -170,7 +206,7 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
       "attend_and_excite": {"thresholds": {str(k): v for k, v in thresholds.items()}, "attn_res": list(attn_res),
                             "smooth_attentions": smooth_attentions},
       "arms": {}}
-  all_images, plain_outcomes = {}, None
+  all_images, plain_outcomes, plain_found = {}, None, None
   for name, settings, words in arms:
     chunks, run_s, compile_s, diagnostics = [], 0.0, 0.0, []
     starts = range(0, len(prompts), batch_size)
@@ -190,6 +226,7 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
     detections: list = []
     oracle = score(list(images), objects, detections=detections, holdout=holdout_pairs)
     outcomes = [pair_outcome(o, d) for o, d in zip(objects, detections)]
+    found = [objects_found(o, d) for o, d in zip(objects, detections)]
     arm = {"settings": settings or {}, "subject_words": words if settings else None, **summarize(outcomes),
            "seen": summarize([o for o, h in zip(outcomes, held_out) if not h]),
            "held_out": summarize([o for o, h in zip(outcomes, held_out) if h]),
@@ -201,15 +238,18 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
     if settings is not None:
       arm["attend_excite"] = summarize_diagnostics(diagnostics)
       arm["vs_plain"] = paired(plain_outcomes, outcomes)
+      arm["premise"] = attention_premise(
+          plain_found, np.concatenate([c["initial_max_attention"][:, 0] for c in diagnostics]), words)
     else:
-      plain_outcomes = outcomes
+      plain_outcomes, plain_found = outcomes, found
     results["arms"][name] = arm
     all_images[name] = images
   return results, all_images
 
 
 # Per-image, per-step arrays of `pipe.last_attend_excite` ([batch, step] or [batch, step, subject]).
-DIAGNOSTICS = ("loss", "initial_loss", "max_attention", "refinement_steps", "skipped_updates")
+DIAGNOSTICS = ("loss", "initial_loss", "max_attention", "initial_max_attention", "refinement_steps",
+               "skipped_updates")
 
 
 def summarize_diagnostics(chunks: Sequence[dict]) -> dict[str, Any]:
@@ -256,6 +296,9 @@ def markdown_table(results: dict) -> str:
   lines.append("| rescued / lost vs plain (images) | " + " | ".join(
       "-" if "vs_plain" not in results["arms"][a] else
       f"{results['arms'][a]['vs_plain']['rescued']} / {results['arms'][a]['vs_plain']['lost']}" for a in arms) + " |")
+  lines.append("| missing object's word less attended at step 0 (plain images with one of two) | " + " | ".join(
+      "-" if "premise" not in results["arms"][a] else _pct(results["arms"][a]["premise"]["missing_less_attended"])
+      for a in arms) + " |")
   lines.append("| time per image (s, compile apart) | " + " | ".join(
       f"{results['arms'][a]['time_per_image_s']:.3f}" for a in arms) + " |")
   return "\n".join(lines) + "\n"

@@ -463,7 +463,8 @@ class Pipeline:
 
 def _attend_excite_report(diag: dict, per_image: list, inputs: Any, settings: Any) -> dict:
   """The sampler's diagnostics as numpy, batch first: loss / initial_loss / refinement_steps /
-  skipped_updates [B, S], max_attention [B, S, K], attention_maps [B, A, H, W, K]; plus the inputs."""
+  skipped_updates [B, S], max_attention / initial_max_attention [B, S, K], attention_maps [B, A, H, W, K]; plus
+  the inputs."""
   out = {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in diag.items()}
   steps = np.arange(len(inputs.step_size))
   ran = (steps < int(inputs.max_iter_to_alter)) | np.asarray(inputs.has_threshold)  # steps with a gradient pass

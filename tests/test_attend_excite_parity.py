@@ -31,7 +31,8 @@ def _ae_pipeline_class():
 
 
 def diffusers_run(folder, prompts, token_indices, latents, *, max_refinement_steps=20, **kwargs):
-  """diffusers' images and, per (step, image) in loop order, a record {initial, final, maxes, iterations}."""
+  """diffusers' images and, per (step, image) in loop order, a record {initial, final, initial_maxes, maxes,
+  iterations}."""
   pipe = _ae_pipeline_class().from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
   pipe.set_progress_bar_config(disable=True)
   events = []
@@ -61,7 +62,7 @@ def _parse(events):
   records, k = [], 0
   while k < len(events):
     kind, loss, maxes = events[k]
-    rec = dict(initial=loss, final=loss, maxes=maxes, iterations=0)
+    rec = dict(initial=loss, final=loss, initial_maxes=maxes, maxes=maxes, iterations=0)
     k += 1
     if k < len(events) and events[k][0] == "begin":
       inner = []
@@ -96,8 +97,9 @@ def compare(ours, theirs, records, num_timesteps, batch, max_iter_to_alter, thre
       np.testing.assert_allclose(diag["loss"][b, i], rec["final"], atol=LOSS_TOL, err_msg=where)
       loss_err = max(loss_err, abs(diag["loss"][b, i] - rec["final"]), abs(diag["initial_loss"][b, i] - rec["initial"]))
       k = len(rec["maxes"])
-      np.testing.assert_allclose(diag["max_attention"][b, i, :k], rec["maxes"], atol=LOSS_TOL, err_msg=where)
-      assert np.isnan(diag["max_attention"][b, i, k:]).all()
+      for key, want in (("max_attention", rec["maxes"]), ("initial_max_attention", rec["initial_maxes"])):
+        np.testing.assert_allclose(diag[key][b, i, :k], want, atol=LOSS_TOL, err_msg=f"{key}, {where}")
+        assert np.isnan(diag[key][b, i, k:]).all()
   return err, loss_err
 
 

@@ -50,6 +50,24 @@ def test_figures_from_detections():
   assert ns.summarize([ns.pair_outcome(objects, [])])["binding"] is None  # no image with both shapes
 
 
+def test_attention_premise_on_hand_made_attention():
+  det = lambda *pairs: [{"color": c, "shape": s} for c, s in pairs]
+  objects = [("red", "circle"), ("blue", "square")]
+  assert ns.objects_found(objects, det(("blue", "square"), ("red", "square"))) == [False, True]
+  assert ns.objects_found([("red", "circle")] * 2, det(("red", "circle"))) == [True, False]  # multiset
+  found = [[True, True], [False, True], [True, False], [True, False], [False, False]]
+  # Subject words' maxima: image 1 and 2 miss the less attended object's, image 3 the more attended one's.
+  maxes = np.array([[0.9, 0.8], [0.3, 0.7], [0.9, 0.2], [0.4, 0.6], [0.1, 0.1]])
+  p = ns.attention_premise(found, maxes, "shape")
+  assert p["neglect_images"] == 3 and p["missing_less_attended"] == pytest.approx(2 / 3)
+  assert p["attention_found"] == pytest.approx(np.mean([0.9, 0.8, 0.7, 0.9, 0.4]))
+  assert p["attention_missing"] == pytest.approx(np.mean([0.3, 0.2, 0.6, 0.1, 0.1]))
+  # "both": an object's attention is the lower of its colour and shape words' (subjects: colours, then shapes).
+  both = np.concatenate([maxes, np.array([[0.9, 0.8], [0.9, 0.1], [0.9, 0.2], [0.4, 0.6], [0.1, 0.1]])], axis=1)
+  assert ns.attention_premise(found, both, "both")["missing_less_attended"] == pytest.approx(1 / 3)
+  assert ns.attention_premise([[True, True]], maxes[:1], "shape")["missing_less_attended"] is None
+
+
 def test_default_schedule_scales_the_papers():
   assert ns.default_schedule(50) == ({0: 0.05, 10: 0.5, 20: 0.8}, 25)
   assert ns.default_schedule(25) == ({0: 0.05, 5: 0.5, 10: 0.8}, 12)
@@ -91,6 +109,10 @@ def test_command_end_to_end(tiny_shapes_runs, tmp_path, fast_compile):
   # Every arm samples the same captions with the same seeds.
   assert len({tuple((r["caption"], r["seed"]) for r in results["arms"][a]["per_image"]) for a in arms}) == 1
   assert results["arms"]["A&E sf=40 iters=2"]["vs_plain"].keys() == {"rescued", "lost"}
+  premise = results["arms"]["A&E sf=5 iters=2"]["premise"]
+  assert premise.keys() == {"neglect_images", "missing_less_attended", "attention_found", "attention_missing"}
+  # Step 0's attention is the initial noise's: the same whatever the scale factor.
+  assert results["arms"]["A&E sf=40 iters=2"]["premise"] == premise
   # Each arm excites its own words: the shape words, or the colour words of the same captions.
   for shape_rec, colour_rec in zip(results["arms"]["A&E sf=5 iters=2"]["per_image"],
                                    results["arms"]["A&E sf=5 iters=2 on colours"]["per_image"]):
@@ -99,7 +121,7 @@ def test_command_end_to_end(tiny_shapes_runs, tmp_path, fast_compile):
   with open(out / "study.json") as f:
     assert json.load(f)["arms"].keys() == results["arms"].keys()
   table = (out / "study.md").read_text()
-  assert "| all_present |" in table and "A&E sf=5 iters=2" in table
+  assert "| all_present |" in table and "A&E sf=5 iters=2" in table and "less attended at step 0" in table
   assert os.path.getsize(out / "grid.png") > 0
   assert os.path.isfile(out / "attention_00.png") and not os.path.exists(out / "attention_01.png")
   with pytest.raises(FileNotFoundError, match="model_index.json"):

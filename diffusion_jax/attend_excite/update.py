@@ -23,7 +23,8 @@ A non-finite loss or gradient skips that image's update (step 2 or 3) and is cou
 
 Diagnostics (the loop carry; [S, B, ...] with S the number of timesteps): `loss` (the loss step 3 uses, NaN where
 no gradient pass ran), `initial_loss` (before refinement), `max_attention` [S, B, K] (with `loss`; NaN on
-padding subjects), `refinement_steps`, `skipped_updates`, and `attention_maps` [A, B, H, W, K] at the static
+padding subjects), `initial_max_attention` (with `initial_loss`: at step 0 the initial noise's, what plain sampling
+sees), `refinement_steps`, `skipped_updates`, and `attention_maps` [A, B, H, W, K] at the static
 `attention_steps` (the (smoothed) subject maps of a conditional pass on the latents the guided step sees).
 """
 from __future__ import annotations
@@ -108,6 +109,7 @@ def init_diagnostics(num_timesteps: int, latent_shape: Sequence[int], num_subjec
   nan = lambda *s: jnp.full(s, jnp.nan, jnp.float32)
   return {"loss": nan(num_timesteps, b), "initial_loss": nan(num_timesteps, b),
           "max_attention": nan(num_timesteps, b, num_subjects),
+          "initial_max_attention": nan(num_timesteps, b, num_subjects),
           "refinement_steps": jnp.zeros((num_timesteps, b), jnp.int32),
           "skipped_updates": jnp.zeros((num_timesteps, b), jnp.int32),
           "attention_maps": jnp.zeros((len(settings.attention_steps), b) + tuple(settings.attn_res)
@@ -210,9 +212,10 @@ def make_latent_update(unet: Any, settings: AttendExciteSettings, inputs: Attend
         jnp.any(active), lambda: refine(params, latents, e0, active, t, cond, threshold, step_size),
         lambda: (latents, e0, zeros, zeros))
     latents, skip = step(latents, e, step_size, alter & (e.loss != 0))
-    maxes = jnp.where(inputs.mask, e.maxes, jnp.nan)
+    maxes, maxes0 = (jnp.where(inputs.mask, m, jnp.nan) for m in (e.maxes, e0.maxes))
     diag = dict(diag, loss=diag["loss"].at[i].set(e.loss), initial_loss=diag["initial_loss"].at[i].set(e0.loss),
                 max_attention=diag["max_attention"].at[i].set(maxes),
+                initial_max_attention=diag["initial_max_attention"].at[i].set(maxes0),
                 refinement_steps=diag["refinement_steps"].at[i].set(iters),
                 skipped_updates=diag["skipped_updates"].at[i].set(skipped + skip))
     return latents, diag
