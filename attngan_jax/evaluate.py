@@ -12,6 +12,8 @@ model.reference_mask_bug=True for the released generators) and scored with confi
 config.eval.num_images images (the paper: 30,000) are generated from test captions, passes over the test split
 with fresh captions when N exceeds it (attngan_jax.gan.evaluation), and scored:
 - R-precision with the DAMSM (1 true + 99 captions of other classes, top-1, 10 folds; attngan_jax.r_precision);
+  with eval.judge_damsm (another pretrain_damsm workdir) also by that DAMSM, which the generator was not trained
+  against (--config.eval.judge_damsm=runs/damsm_shapes_seed1);
 - shapes data: the oracle (object_recall, all_present, colour / shape recall, seen vs held-out pairs);
 - eval.inception_score.weights set: the Inception score of the last stage's images (eval.inception_score.splits
   splits; t2i_common.metrics.inception_score), with the classifier named in the result;
@@ -116,11 +118,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, generator: Opti
     feature_fns = dict(extractors)
   log.info("generating %d images from %s test captions (%d stage(s), %d px)", n, config.data.name,
            len(gen.image_sizes), size)
-  result = evaluate_generator(sampler, config.data, ev, num_images=n, feature_fns=feature_fns)
+  judge = None
+  if ev.judge_damsm:
+    from attngan_jax.gan.trainer import load_damsm
+    judge_config = ml_collections.ConfigDict(config.to_dict())
+    judge_config.damsm.update(workdir=ev.judge_damsm, text_encoder="", image_encoder="", vocab_file="")
+    judge = load_damsm(judge_config, workdir)
+  result = evaluate_generator(sampler, config.data, ev, num_images=n, feature_fns=feature_fns, judge=judge)
   grid, features = result.pop("grid"), result.pop("features", {})
   summaries = []
   if "r_precision" in result:
     summaries.append(rp_summary(result))
+  if "judge" in result:
+    summaries.append(f"{rp_summary(result['judge'])}, judged by the DAMSM of {ev.judge_damsm}")
   if "inception_score" in features:
     from t2i_common.metrics import inception_score as is_lib
     result["inception_score"] = is_lib.inception_score(features["inception_score"], int(ev.inception_score.splits))

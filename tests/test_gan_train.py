@@ -345,6 +345,27 @@ def test_evaluate_inception_score_and_fid_wiring(tiny_run, monkeypatch):
   assert any("test/fid" in r and "test/inception_score" in r for r in records)
 
 
+def test_evaluate_with_a_judge_damsm(tiny_run, tmp_path):
+  """eval.judge_damsm: R-precision by another DAMSM on the same images and captions; judged by the DAMSM the
+  generator was trained with (a pretrain_damsm-style workdir holding its exported encoders) it is the same."""
+  config, workdir, result = tiny_run
+  _, _, saved = load_exported_generator(result["generator"])
+  export = tmp_path / "judge" / "damsm"
+  export.mkdir(parents=True)
+  for part in ("text_encoder", "image_encoder"):
+    os.symlink(saved["damsm"][part], export / part)
+  config = load_config(CONFIG + ":tiny", [f"eval.judge_damsm={tmp_path / 'judge'}"])
+  scored = evaluate(config, workdir)
+  judge = scored["judge"]
+  assert judge["num_images"] == 24 and judge["num_folds"] == 2 and judge["num_mismatch"] == scored["num_mismatch"]
+  assert judge["folds"] == scored["folds"] and judge["r_precision"] == scored["r_precision"]
+  assert any(line.endswith(f"judged by the DAMSM of {tmp_path / 'judge'}") for line in scored["summary"])
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert any(r.get("test/judge_r_precision") == scored["r_precision"] for r in records)
+  with pytest.raises(FileNotFoundError, match="has no exported encoders"):
+    evaluate(load_config(CONFIG + ":tiny", [f"eval.judge_damsm={tmp_path}"]), workdir)
+
+
 def test_sample_from_reference_generator_file(tiny_run, tmp_path, capsys):
   """sample --generator with a reference netG_*.pth (the reference G_NET's state dict) or its convert_torch
   directory, and a converted text encoder: both give the same images; the reference mask is the default."""
