@@ -11,12 +11,13 @@ Settings: base size 16 with two stages (16 and 32 px; one attention stage at 16 
 r_num 1, 128-d text features (the shapes DAMSM's), lambda 5, batch 16, Adam lr 2e-4 for G and the discriminators
 (the reference's), 18,000 iterations, EMA 0.999 with warm-up; samples with their shapes-oracle scores, the
 R-precision of 500 generated images and a checkpoint every 3,000 steps.
-Expected (evaluate: 2,000 images from 1-3-object test captions): DAMSM R-precision 70.1 +- 2.5 % (64.3 % by a
-DAMSM trained with another seed, --config.eval.judge_damsm=RUN), shapes oracle object recall 15.4 %, all present
-6.7 % (colour recall 67.0 %, shape recall 20.1 %; circles 59.8 %, crosses and stars below 2 %); with --config.loss.damsm_lambda=0 / 1: R-precision 32.9 / 59.7 %, object recall 9.5 / 15.1 %
-(the paper's lambda ablation). Training takes 29 min 2 s on 2 idle CPU cores (10.6 iterations/s, compile 10 s, the
-hooks' pictures and evaluations included). The generator learns the caption's colours, layout and the round shapes
-(circles, rings, hearts), rarely crosses, stars or diamonds. What was tried and measured: docs/attngan_shapes.md.
+Expected (evaluate: 2,000 images from 1-3-object test captions): DAMSM R-precision 70.1 +- 2.5 % (64.3 % by a DAMSM
+trained with another seed, --config.eval.judge_damsm=RUN), shapes oracle object recall 15.4 %, all present 6.7 %
+(colour recall 67.0 %, shape recall 20.1 %; circles 59.8 %, crosses and stars below 2 %); with
+--config.loss.damsm_lambda=0 / 1: R-precision 32.9 / 59.7 %, object recall 9.5 / 15.1 % (the paper's lambda
+ablation). Training takes 29 min 2 s on 2 idle CPU cores (10.6 iterations/s, compile 10 s, the hooks' pictures and
+evaluations included). The generator learns the caption's colours, layout and the round shapes (circles, rings,
+hearts), rarely crosses, stars or diamonds. What was tried and measured: docs/attngan_shapes.md.
 
 Variant "short" (`attngan_shapes.py:short`): the first recipe, 6,000 iterations with a discriminator learning rate
 of 5e-5; 10 min 31 s on 2 idle cores; R-precision 60.1 +- 2.8 %, object recall 5.2 %, all present 2.4 %.
