@@ -366,6 +366,33 @@ def test_evaluate_with_a_judge_damsm(tiny_run, tmp_path):
     evaluate(load_config(CONFIG + ":tiny", [f"eval.judge_damsm={tmp_path}"]), workdir)
 
 
+def test_evaluate_judge_of_other_weights(tiny_run, tmp_path, monkeypatch):
+  """A judge with weights of its own: its vectors of the generated images are its encoder's, not those of the
+  DAMSM the generator was trained with (which the same-weights test above could not tell apart)."""
+  from attngan_jax.gan import evaluation
+  from attngan_jax.gan.damsm import FrozenDAMSM
+  config, workdir, result = tiny_run
+  _, _, saved = load_exported_generator(result["generator"])
+  own = FrozenDAMSM.from_dirs(saved["damsm"]["text_encoder"], saved["damsm"]["image_encoder"])
+  other = FrozenDAMSM.random(own.vocab, own.embedding_dim, config.damsm.random, seed=7)
+  other.export(str(tmp_path / "judge" / "damsm"))
+  calls = []
+  image_vectors = evaluation._image_vectors
+
+  def spy(sampler, damsm, damsm_vars, images):
+    out = image_vectors(sampler, damsm, damsm_vars, images)
+    calls.append((damsm.source, np.asarray(images), np.asarray(out)))
+    return out
+
+  monkeypatch.setattr(evaluation, "_image_vectors", spy)
+  scored = evaluate(load_config(CONFIG + ":tiny", [f"eval.judge_damsm={tmp_path / 'judge'}"]), workdir)
+  judged = [(images, out) for source, images, out in calls if str(tmp_path / "judge") in source]
+  assert judged and len(judged) == len(calls) // 2 and str(tmp_path / "judge") in scored["judge"]["damsm"]
+  for images, out in judged:
+    np.testing.assert_allclose(out, np.asarray(other.encode_image(other.variables, images)[1]), atol=1e-5)
+    assert not np.allclose(out, np.asarray(own.encode_image(own.variables, images)[1]), atol=1e-3)
+
+
 def test_sample_from_reference_generator_file(tiny_run, tmp_path, capsys):
   """sample --generator with a reference netG_*.pth (the reference G_NET's state dict) or its convert_torch
   directory, and a converted text encoder: both give the same images; the reference mask is the default."""
