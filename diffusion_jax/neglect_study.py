@@ -78,27 +78,26 @@ def study_captions(num_captions: int, resolution: int = 32, holdout: Sequence = 
   return out
 
 
-def pair_outcome(objects: Sequence[tuple[str, str]], detections: Sequence[dict]) -> dict[str, int]:
-  """How many of the listed objects the detections hold: with colour and shape ("found"), by shape alone
-  ("shapes"), by colour alone ("colours"); multiset matching, as the oracle's `score`."""
-  want = collections.Counter(objects)
-  got = collections.Counter((d["color"], d["shape"]) for d in detections)
-  counts = {}
-  for name, key in (("found", lambda p: p), ("colours", lambda p: p[0]), ("shapes", lambda p: p[1])):
-    w = collections.Counter(key(p) for p in want.elements())
-    g = collections.Counter(key(p) for p in got.elements())
-    counts[name] = sum((w & g).values())
-  return counts
+_MATCH_KEYS = {"found": lambda p: tuple(p), "colours": lambda p: p[0], "shapes": lambda p: p[1]}
 
 
-def objects_found(objects: Sequence[tuple[str, str]], detections: Sequence[dict]) -> list[bool]:
-  """Per listed object, whether the detections hold it with its colour and shape (multiset, as `pair_outcome`)."""
-  got = collections.Counter((d["color"], d["shape"]) for d in detections)
+def objects_found(objects: Sequence[tuple[str, str]], detections: Sequence[dict], by: str = "found") -> list[bool]:
+  """Per listed object, whether the detections hold it: with colour and shape (by="found"), by colour alone
+  ("colours") or by shape alone ("shapes"); a detection serves one object (multiset matching, as the oracle's
+  `score`)."""
+  key = _MATCH_KEYS[by]
+  got = collections.Counter(key((d["color"], d["shape"])) for d in detections)
   out = []
   for obj in objects:
-    out.append(got[tuple(obj)] > 0)
-    got[tuple(obj)] -= 1
+    out.append(got[key(obj)] > 0)
+    got[key(obj)] -= 1
   return out
+
+
+def pair_outcome(objects: Sequence[tuple[str, str]], detections: Sequence[dict]) -> dict[str, int]:
+  """How many of the listed objects the detections hold: with colour and shape ("found"), by shape alone
+  ("shapes"), by colour alone ("colours")."""
+  return {by: sum(objects_found(objects, detections, by)) for by in _MATCH_KEYS}
 
 
 def attention_premise(found: Sequence[Sequence[bool]], maxes: np.ndarray, words: str) -> dict[str, Any]:
