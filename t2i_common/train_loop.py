@@ -214,8 +214,9 @@ class TrainLoop:
                      bar: Any) -> None:
     if not fetched:
       return
-    names = fetched[0][1].keys()
-    scalars = {name: float(np.mean([np.mean(m[name]) for _, m in fetched])) for name in names}
+    # A metric may come with some steps only (e.g. a lazily added regulariser): averaged over those.
+    names = dict.fromkeys(name for _, m in fetched for name in m)
+    scalars = {name: float(np.mean([np.mean(m[name]) for _, m in fetched if name in m])) for name in names}
     steps_per_sec = len(fetched) / elapsed if elapsed > 0 else float("nan")
     perf = {"perf/steps_per_sec": steps_per_sec}
     if self.batch_size:

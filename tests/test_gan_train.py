@@ -449,3 +449,48 @@ def test_compare_runs_side_by_side(tiny_run, tmp_path, capsys):
                   "--out", out])
   with pytest.raises(SystemExit, match="run python -m attngan_jax.evaluate"):
     compare.main(["--workdir", str(tmp_path), "--caption", "a red circle", "--scores", "--out", out])
+
+
+def test_r1_penalty_is_that_of_the_input_gradient_and_lazy_in_the_loop(tmp_path, fast_compile):
+  """loss.r1_gamma: d_step(r1=True) adds, per discriminator and logit head, r1_every x gamma / 2 x the batch mean
+  of |d logit / d real image|^2; the gradient is the true one (central differences along a random direction, in
+  float64), and the train loop adds the penalty on every r1_every-th iteration only."""
+  from attngan_jax.gan import trainer as trainer_lib
+  config, trainer, loader = _tiny_trainer(tmp_path, ["loss.r1_gamma=0.5", "loss.r1_every=2"])
+  batch = parallel.global_batch(next(loader), parallel.create_mesh(devices=jax.devices()[:1]))
+  damsm_vars, init = trainer.damsm.variables, jax.device_get(_initial_state(trainer))
+  _, plain, _ = jax.jit(trainer.d_step)(init, damsm_vars, batch)
+  _, with_r1, _ = jax.jit(lambda s, v, b: trainer.d_step(s, v, b, r1=True))(init, damsm_vars, batch)
+  assert "d/r1" not in plain and float(with_r1["d/r1"]) > 0
+  np.testing.assert_allclose(with_r1["d_loss"] - plain["d_loss"], with_r1["d/r1"], rtol=1e-4)
+
+  sent = trainer._text(damsm_vars, batch)[1]
+  reals = trainer_lib.real_images(batch, trainer.sizes)
+  expected = 0.0
+  with jax.enable_x64(True):
+    for i, d in enumerate(trainer.discriminators):
+      key = trainer_lib.stage_key(i)
+      params, stats = (jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+                       for tree in (init.d_params[key], init.d_batch_stats[key]))
+      real, s = np.asarray(reals[i], np.float64), np.asarray(sent, np.float64)
+      grads = trainer._real_logit_grads(d, params, stats, real, s)
+      expected += 0.5 * 0.5 * 2 * sum(float(np.mean(np.sum(np.square(g), axis=(1, 2, 3)))) for g in grads)
+      direction = np.random.default_rng(i).normal(size=real.shape)
+
+      def logit_sums(x):
+        (u, c), _ = d.apply({"params": params, "batch_stats": stats}, x, s, method=trainer_lib._g_stage_logits,
+                            mutable=["batch_stats"])
+        return np.array([float(u.sum()), float(c.sum())])
+
+      eps = 1e-5
+      numeric = (logit_sums(real + eps * direction) - logit_sums(real - eps * direction)) / (2 * eps)
+      analytic = [float(np.sum(g * direction)) for g in grads]
+      np.testing.assert_allclose(analytic, numeric, rtol=1e-5, err_msg=f"stage {i}")
+  np.testing.assert_allclose(float(with_r1["d/r1"]), expected, rtol=1e-4)
+
+  loop = trainer_lib.GANTrainLoop(config, str(tmp_path / "run"), trainer, loader=loader,
+                                  mesh=parallel.create_mesh(None), hooks=[])
+  loop.run()
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [r["step"] for r in records if "d/r1" in r] == [1, 3]  # iterations 0 and 2 of 3
+  assert [r["step"] for r in records if "d_loss" in r] == [1, 2, 3]

@@ -35,6 +35,10 @@ def loss_config(damsm_lambda: float = 5.0) -> ml_collections.ConfigDict:
       # With damsm_lambda = 0: still compute (and report) the DAMSM loss of the samples, at the cost of a DAMSM
       # forward per step (e.g. to compare a lambda ablation's runs on that loss).
       "report_damsm": False,
+      # R1 (Mescheder et al. 2018): r1_gamma / 2 x the squared gradient norm of each discriminator's logits
+      # (unconditional and conditional heads apart) w.r.t. the real matching images. 0 = off, the reference.
+      "r1_gamma": 0.0,
+      "r1_every": 16,  # lazy: the penalty x r1_every on every r1_every-th iteration (the step costs ~2.5x)
   })
 
 
@@ -62,6 +66,12 @@ def discriminator_loss(real_uncond: jax.Array, real_cond: jax.Array, fake_uncond
   total = ((parts["real_uncond"] + parts["real_cond"]) / 2.0
            + (parts["fake_uncond"] + parts["fake_cond"] + parts["wrong_cond"]) / 3.0)
   return total, parts
+
+
+def r1_penalty(input_grads: Sequence[jax.Array], gamma: float) -> jax.Array:
+  """gamma / 2 x the per-example squared norm of each input gradient [B, ...], averaged over the batch, summed
+  over the gradients given (one per logit head)."""
+  return 0.5 * gamma * sum(jnp.mean(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=-1)) for g in input_grads)
 
 
 def generator_adversarial_loss(uncond: jax.Array, cond: jax.Array) -> jax.Array:

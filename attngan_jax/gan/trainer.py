@@ -28,6 +28,8 @@ separate calls, as the reference's separate forwards do.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
@@ -232,12 +234,16 @@ class GANTrainer:
 
   # -- steps -------------------------------------------------------------------------------------------------
 
-  def d_step(self, state: GANState, damsm_vars: dict, batch: dict) -> tuple[GANState, dict, GeneratorForward]:
+  def d_step(self, state: GANState, damsm_vars: dict, batch: dict,
+             r1: bool = False) -> tuple[GANState, dict, GeneratorForward]:
     """Updates every discriminator on this iteration's real, fake and wrong pairs; also returns the generator
-    forward that made the fakes, for `g_step`."""
+    forward that made the fakes, for `g_step`. r1: add the R1 penalty (`loss.r1_gamma`), weighted by
+    `loss.r1_every` (lazy regularisation, Karras et al. 2020: the loop adds it every r1_every-th iteration)."""
     forward = self.generator_forward(state, damsm_vars, batch)
     fakes, sent = forward.images, forward.sentence
     reals = real_images(batch, self.sizes)
+
+    r1_gamma = float(self.loss_cfg.r1_gamma) * int(self.loss_cfg.r1_every) if r1 else 0.0
 
     def loss_fn(d_params):
       total, stats, metrics = 0.0, {}, {}
@@ -245,6 +251,11 @@ class GANTrainer:
         key = stage_key(i)
         (loss, parts), upd = d.apply({"params": d_params[key], "batch_stats": state.d_batch_stats[key]},
                                      reals[i], fakes[i], sent, method=_d_stage_loss, mutable=["batch_stats"])
+        if r1_gamma:
+          r1 = losses.r1_penalty(self._real_logit_grads(d, d_params[key], state.d_batch_stats[key], reals[i], sent),
+                                 r1_gamma)
+          metrics["d/r1"] = metrics.get("d/r1", 0.0) + r1
+          loss = loss + r1
         total = total + loss
         stats[key] = upd["batch_stats"]
         metrics[f"d/stage{i}"] = loss
@@ -257,6 +268,19 @@ class GANTrainer:
     new = state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state,
                         d_batch_stats=stats)
     return new, {"d_loss": loss, "d_grad_norm": optax.global_norm(grads), **metrics}, forward
+
+  @staticmethod
+  def _real_logit_grads(d: Discriminator, params: Any, batch_stats: Any, real: jax.Array, sent: jax.Array):
+    """Gradients of the unconditional and the conditional logits (summed over the batch) w.r.t. the real images,
+    as the discriminator sees them in train mode; its BatchNorm statistics of this extra pass are dropped."""
+    def logits(x):
+      out, _ = d.apply({"params": params, "batch_stats": batch_stats}, x, sent, method=_g_stage_logits,
+                       mutable=["batch_stats"])
+      return out
+
+    (uncond, cond), pullback = jax.vjp(logits, real)
+    ones, zeros = jnp.ones_like(uncond), jnp.zeros_like(uncond)
+    return pullback((ones, zeros))[0], pullback((zeros, ones))[0]
 
   def g_step(self, state: GANState, damsm_vars: dict, batch: dict,
              forward: GeneratorForward) -> tuple[GANState, dict]:
@@ -279,9 +303,13 @@ class GANTrainer:
     metrics = {names.get(k, k.replace("g_loss", "g/stage")): v for k, v in parts.items()}
     return new, {"g_loss": loss, "g_grad_norm": optax.global_norm(grads), **metrics}
 
-  def iteration(self, state: GANState, damsm_vars: dict, batch: dict) -> tuple[GANState, dict]:
+  def r1_due(self, step: int) -> bool:
+    """Whether iteration `step` (0-based) adds the lazy R1 penalty."""
+    return float(self.loss_cfg.r1_gamma) > 0 and step % int(self.loss_cfg.r1_every) == 0
+
+  def iteration(self, state: GANState, damsm_vars: dict, batch: dict, r1: bool = False) -> tuple[GANState, dict]:
     """d_step then g_step in one function (for tests and eager use; training runs them as two programs)."""
-    state, d_metrics, forward = self.d_step(state, damsm_vars, batch)
+    state, d_metrics, forward = self.d_step(state, damsm_vars, batch, r1)
     state, g_metrics = self.g_step(state, damsm_vars, batch, forward)
     return state, {**d_metrics, **g_metrics}
 
@@ -331,13 +359,18 @@ class GANTrainLoop(TrainLoop):
 
   def _compile(self, state: Any, batch: Any, shardings: Any) -> Callable:
     start = time.perf_counter()
-    d_step, g_step = compile_steps(self.trainer, state, self.damsm_vars, batch, shardings, self.mesh)
+    plain = compile_steps(self.trainer, state, self.damsm_vars, batch, shardings, self.mesh)
+    with_r1 = None
+    if float(self.trainer.loss_cfg.r1_gamma) > 0:
+      with_r1 = compile_steps(self.trainer, state, self.damsm_vars, batch, shardings, self.mesh, r1=True)
     self.compile_time_s = time.perf_counter() - start
     log.info("d_step and g_step compiled in %.2f s", self.compile_time_s)
     self.writer.write_scalars(self.start_step, {"perf/compile_time_s": self.compile_time_s})
     damsm_vars = self.damsm_vars
+    iterations = itertools.count(self.start_step)
 
     def step(state, batch):
+      d_step, g_step = with_r1 if self.trainer.r1_due(next(iterations)) else plain
       state, d_metrics, forward = d_step(state, damsm_vars, batch)
       state, g_metrics = g_step(state, damsm_vars, batch, forward)
       return state, {**d_metrics, **g_metrics}
@@ -346,23 +379,25 @@ class GANTrainLoop(TrainLoop):
 
 
 def compile_steps(trainer: GANTrainer, state: GANState, damsm_vars: dict, batch: dict, shardings: Any,
-                  mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
-  """(d_step, g_step) compiled ahead of time for these arguments.
+                  mesh: jax.sharding.Mesh, r1: bool = False) -> tuple[Callable, Callable]:
+  """(d_step, g_step) compiled ahead of time for these arguments; `r1`: d_step with the R1 penalty.
 
   The state is donated to both (not the `GeneratorForward` to g_step: no output of g_step has its arrays'
   shapes, so XLA could not reuse their buffers). Explicit output shardings: the state's `shardings`, replicated
   metrics, and for the forward's batch-major arrays (images, mu, logvar, text features) the batch's split. The
   VJP's residuals are left to XLA's sharding propagation, which keeps the batch-sharded forward's activations
   split over the batch (a residual's batch axis is not known here: it may be any, or none for a weight);
-  g_step takes them as d_step leaves them. train.fast_compile selects XLA's cheap CPU settings."""
+  g_step takes them as d_step leaves them (so each d_step has its own g_step: the VJP's tree is the trace's).
+  train.fast_compile selects XLA's cheap CPU settings."""
   options = parallel.run_once_compiler_options() if trainer.config.train.fast_compile else None
   in_shardings = (shardings, jax.tree.map(lambda x: x.sharding, damsm_vars), jax.tree.map(lambda x: x.sharding, batch))
   metrics, by_batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   stage_images = tuple(by_batch for _ in trainer.sizes)
   forward_out = GeneratorForward(images=stage_images, mu=by_batch, logvar=by_batch, words=by_batch,
                                  sentence=by_batch, batch_stats=shardings.g_batch_stats, pullback=None)
-  d_step = jax.jit(trainer.d_step, in_shardings=in_shardings, out_shardings=(shardings, metrics, forward_out),
-                   donate_argnums=0, compiler_options=options).lower(state, damsm_vars, batch).compile()
+  d_step = jax.jit(functools.partial(trainer.d_step, r1=r1), in_shardings=in_shardings,
+                   out_shardings=(shardings, metrics, forward_out), donate_argnums=0,
+                   compiler_options=options).lower(state, damsm_vars, batch).compile()
   forward = d_step.out_info[2]  # abstract, with the shardings d_step gives; its VJP tree is the one d_step returns
   g_step = jax.jit(trainer.g_step, in_shardings=in_shardings + (jax.tree.map(lambda x: x.sharding, forward),),
                    out_shardings=(shardings, metrics), donate_argnums=0, compiler_options=options)
