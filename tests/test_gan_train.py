@@ -271,6 +271,8 @@ def test_bad_input_is_named(tiny_run, tmp_path):
     _tiny_trainer(tmp_path, ["data.image_sizes=(16, 64)"])
   with pytest.raises(ValueError, match="no DAMSM given"):
     _tiny_trainer(tmp_path, ["damsm.random_init=false"])
+  with pytest.raises(ValueError, match="loss.r1_every=0 >= 1"):
+    _tiny_trainer(tmp_path, ["loss.r1_gamma=0.1", "loss.r1_every=0"])
   damsm_dir = os.path.join(workdir, "damsm")  # the run's exported (random, 16-d) DAMSM
   with pytest.raises(ValueError, match="16-d features but model.embedding_dim=32: set model.embedding_dim=16"):
     _tiny_trainer(tmp_path, ["damsm.random_init=false", "model.embedding_dim=32",

@@ -150,6 +150,9 @@ class GANTrainer:
     self.ema_decay = float(config.train.ema_decay)
     self.ema_warmup = bool(config.train.ema_warmup)
     self.loss_cfg = config.loss
+    if float(config.loss.r1_gamma) < 0 or int(config.loss.r1_every) < 1:
+      raise ValueError(f"loss.r1_gamma={config.loss.r1_gamma} must be >= 0 (0: no R1 penalty) and loss.r1_every="
+                       f"{config.loss.r1_every} >= 1 (1: the penalty on every iteration).")
     self.use_damsm_term = float(config.loss.damsm_lambda) != 0 or bool(config.loss.report_damsm)
 
   # -- init --------------------------------------------------------------------------------------------------
@@ -252,10 +255,10 @@ class GANTrainer:
         (loss, parts), upd = d.apply({"params": d_params[key], "batch_stats": state.d_batch_stats[key]},
                                      reals[i], fakes[i], sent, method=_d_stage_loss, mutable=["batch_stats"])
         if r1_gamma:
-          r1 = losses.r1_penalty(self._real_logit_grads(d, d_params[key], state.d_batch_stats[key], reals[i], sent),
-                                 r1_gamma)
-          metrics["d/r1"] = metrics.get("d/r1", 0.0) + r1
-          loss = loss + r1
+          penalty = losses.r1_penalty(
+              self._real_logit_grads(d, d_params[key], state.d_batch_stats[key], reals[i], sent), r1_gamma)
+          metrics["d/r1"] = metrics.get("d/r1", 0.0) + penalty
+          loss = loss + penalty
         total = total + loss
         stats[key] = upd["batch_stats"]
         metrics[f"d/stage{i}"] = loss
