@@ -43,6 +43,8 @@ def loss_config(damsm_lambda: float = 5.0) -> ml_collections.ConfigDict:
       # a discriminator sees, real and generated, fresh per call. 0 = off, the reference. Synthetic scenes of flat
       # colours let a discriminator tell any generated image apart by its faint texture alone; noise hides that.
       "d_input_noise": 0.0,
+      # > 0: the noise's std falls linearly to 0 at this iteration (clean images after it); 0: constant noise.
+      "d_input_noise_steps": 0,
   })
 
 

@@ -158,9 +158,11 @@ class GANTrainer:
       raise ValueError(f"loss.r1_gamma={config.loss.r1_gamma} must be >= 0 (0: no R1 penalty) and loss.r1_every="
                        f"{config.loss.r1_every} >= 1 (1: the penalty on every iteration).")
     self.d_input_noise = float(config.loss.d_input_noise)
-    if self.d_input_noise < 0:
-      raise ValueError(f"loss.d_input_noise={config.loss.d_input_noise} must be >= 0 (the std of the instance noise "
-                       f"added to the discriminators' images; 0: none).")
+    self.d_input_noise_steps = int(config.loss.d_input_noise_steps)
+    if self.d_input_noise < 0 or self.d_input_noise_steps < 0:
+      raise ValueError(f"loss.d_input_noise={config.loss.d_input_noise} (the std of the instance noise added to the "
+                       f"discriminators' images; 0: none) and loss.d_input_noise_steps="
+                       f"{config.loss.d_input_noise_steps} (0: constant) must be >= 0.")
     self.use_damsm_term = float(config.loss.damsm_lambda) != 0 or bool(config.loss.report_damsm)
 
   # -- init --------------------------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ class GANTrainer:
     """The G loss of these images, mu and logvar against the state's discriminators (+ DAMSM + KL):
     (total, (parts, the discriminators' new BatchNorm statistics))."""
     logits, d_stats = [], {}
-    seen = self._noised(images, jax.random.fold_in(state.step_rng(), _G_NOISE))
+    seen = self._noised(images, jax.random.fold_in(state.step_rng(), _G_NOISE), state.step)
     for i, d in enumerate(self.discriminators):
       key = stage_key(i)
       out, upd = d.apply({"params": state.d_params[key], "batch_stats": state.d_batch_stats[key]}, seen[i], sent,
@@ -244,12 +246,16 @@ class GANTrainer:
     total, parts = losses.generator_loss(logits, mu, logvar, self.loss_cfg, damsm_inputs=damsm_inputs)
     return total, (parts, d_stats)
 
-  def _noised(self, images: Sequence[jax.Array], key: jax.Array) -> list[jax.Array]:
-    """The images as the discriminators see them: with instance noise (`loss.d_input_noise`) if set."""
+  def _noised(self, images: Sequence[jax.Array], key: jax.Array, step: jax.Array) -> list[jax.Array]:
+    """The images as the discriminators see them at iteration `step`: with instance noise (`loss.d_input_noise`,
+    falling to 0 at `loss.d_input_noise_steps` if that is > 0) if set."""
     if not self.d_input_noise:
       return list(images)
+    sigma = jnp.float32(self.d_input_noise)
+    if self.d_input_noise_steps:
+      sigma = sigma * jnp.maximum(0.0, 1.0 - step.astype(jnp.float32) / self.d_input_noise_steps)
     keys = jax.random.split(key, len(images))
-    return [x + self.d_input_noise * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(images, keys)]
+    return [x + sigma.astype(x.dtype) * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(images, keys)]
 
   # -- steps -------------------------------------------------------------------------------------------------
 
@@ -261,8 +267,8 @@ class GANTrainer:
     forward = self.generator_forward(state, damsm_vars, batch)
     sent = forward.sentence
     k_real, k_fake = jax.random.split(jax.random.fold_in(state.step_rng(), _D_NOISE))
-    reals = self._noised(real_images(batch, self.sizes), k_real)
-    fakes = self._noised(forward.images, k_fake)
+    reals = self._noised(real_images(batch, self.sizes), k_real, state.step)
+    fakes = self._noised(forward.images, k_fake, state.step)
 
     r1_gamma = float(self.loss_cfg.r1_gamma) * int(self.loss_cfg.r1_every) if r1 else 0.0
 
