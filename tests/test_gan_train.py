@@ -273,6 +273,9 @@ def test_bad_input_is_named(tiny_run, tmp_path):
     _tiny_trainer(tmp_path, ["damsm.random_init=false"])
   with pytest.raises(ValueError, match="loss.r1_every=0 >= 1"):
     _tiny_trainer(tmp_path, ["loss.r1_gamma=0.1", "loss.r1_every=0"])
+  with pytest.raises(ValueError, match=r"loss.d_input_noise=-0.1 \(the std .*\) and loss.d_input_noise_steps=0 "
+                     r"\(0: constant\) must be >= 0"):
+    _tiny_trainer(tmp_path, ["loss.d_input_noise=-0.1"])
   damsm_dir = os.path.join(workdir, "damsm")  # the run's exported (random, 16-d) DAMSM
   with pytest.raises(ValueError, match="16-d features but model.embedding_dim=32: set model.embedding_dim=16"):
     _tiny_trainer(tmp_path, ["damsm.random_init=false", "model.embedding_dim=32",
@@ -496,3 +499,60 @@ def test_r1_penalty_is_that_of_the_input_gradient_and_lazy_in_the_loop(tmp_path,
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   assert [r["step"] for r in records if "d/r1" in r] == [1, 3]  # iterations 0 and 2 of 3
   assert [r["step"] for r in records if "d_loss" in r] == [1, 2, 3]
+
+
+def test_instance_noise_is_what_the_discriminators_see(tmp_path, fast_compile, monkeypatch):
+  """loss.d_input_noise: every image a discriminator sees in d_step and g_step (real and generated, every stage)
+  is the image plus Gaussian noise of that std, drawn afresh for each; with loss.d_input_noise_steps = N the std
+  falls linearly to 0 at iteration N; 0 (the default) passes the images as they are."""
+  from attngan_jax.gan import trainer as trainer_lib
+  seen = []  # (kind, image as the discriminator got it)
+  d_stage_loss, g_stage_logits = trainer_lib._d_stage_loss, trainer_lib._g_stage_logits
+
+  def record(kind, image):  # the values, also from inside jax.grad
+    jax.debug.callback(lambda x: seen.append((kind, np.asarray(x))), image, ordered=True)
+
+  def spy_d(d, real, fake, sent):
+    record("real", real)
+    record("fake", fake)
+    return d_stage_loss(d, real, fake, sent)
+
+  def spy_g(d, fake, sent):
+    record("g_fake", fake)
+    return g_stage_logits(d, fake, sent)
+
+  monkeypatch.setattr(trainer_lib, "_d_stage_loss", spy_d)
+  monkeypatch.setattr(trainer_lib, "_g_stage_logits", spy_g)
+  # (noise, noise steps) -> [(iteration, the std expected there)]
+  cases = {(0.0, 0): [(0, 0.0)], (0.2, 0): [(0, 0.2), (50, 0.2)], (0.2, 8): [(0, 0.2), (2, 0.15), (8, 0.0)]}
+  for (sigma, noise_steps), at in cases.items():
+    _, trainer, loader = _tiny_trainer(tmp_path, [f"loss.d_input_noise={sigma}",
+                                                  f"loss.d_input_noise_steps={noise_steps}"])
+    batch = parallel.global_batch(next(loader), parallel.create_mesh(devices=jax.devices()[:1]))
+    init, damsm_vars = jax.device_get(_initial_state(trainer)), trainer.damsm.variables
+    d_step, g_step = jax.jit(trainer.d_step), jax.jit(trainer.g_step)
+    for step, expected in at:
+      seen.clear()
+      state = init.replace(step=np.asarray(step, np.int32))
+      _, _, forward = d_step(state, damsm_vars, batch)
+      jax.block_until_ready(g_step(state, damsm_vars, batch, forward))
+      jax.effects_barrier()
+      reals = trainer_lib.real_images(batch, trainer.sizes)
+      clean = {"real": reals, "fake": forward.images, "g_fake": forward.images}
+      counts = {"real": 0, "fake": 0, "g_fake": 0}
+      noises = []
+      for kind, image in seen:
+        stage = counts[kind]
+        counts[kind] += 1
+        noise = np.asarray(image, np.float64) - np.asarray(clean[kind][stage], np.float64)
+        case = (sigma, noise_steps, step, kind, stage)
+        if expected == 0:
+          assert not noise.any(), f"{case}: the image changed where no noise is due"
+          continue
+        assert abs(noise.std() / expected - 1) < 0.05 and abs(noise.mean()) < 0.05 * expected, case
+        noises.append(noise.ravel())
+      assert counts == {"real": len(trainer.sizes), "fake": len(trainer.sizes), "g_fake": len(trainer.sizes)}
+      if noises:  # fresh noise for every image: the draws are uncorrelated
+        same_size = [n for n in noises if n.size == noises[0].size]
+        corr = np.corrcoef(np.stack(same_size))
+        assert np.max(np.abs(corr - np.eye(len(same_size)))) < 0.1

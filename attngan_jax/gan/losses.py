@@ -39,6 +39,12 @@ def loss_config(damsm_lambda: float = 5.0) -> ml_collections.ConfigDict:
       # (unconditional and conditional heads apart) w.r.t. the real matching images. 0 = off, the reference.
       "r1_gamma": 0.0,
       "r1_every": 16,  # lazy: the penalty x r1_every on every r1_every-th iteration (the step costs ~2.5x)
+      # Instance noise (Sonderby et al. 2017): Gaussian noise of this std (images in [-1, 1]) added to every image
+      # a discriminator sees, real and generated, fresh per call. 0 = off, the reference. Synthetic scenes of flat
+      # colours let a discriminator tell any generated image apart by its faint texture alone; noise hides that.
+      "d_input_noise": 0.0,
+      # > 0: the noise's std falls linearly to 0 at this iteration (clean images after it); 0: constant noise.
+      "d_input_noise_steps": 0,
   })
 
 

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -104,6 +104,10 @@ class GeneratorForward:
   pullback: Any
 
 
+# fold_in constants of the instance noise's keys (the step's key itself makes z and the CA noise)
+_D_NOISE, _G_NOISE = 1, 2
+
+
 def stage_key(i: int) -> str:
   return f"d{i}"
 
@@ -153,6 +157,12 @@ class GANTrainer:
     if float(config.loss.r1_gamma) < 0 or int(config.loss.r1_every) < 1:
       raise ValueError(f"loss.r1_gamma={config.loss.r1_gamma} must be >= 0 (0: no R1 penalty) and loss.r1_every="
                        f"{config.loss.r1_every} >= 1 (1: the penalty on every iteration).")
+    self.d_input_noise = float(config.loss.d_input_noise)
+    self.d_input_noise_steps = int(config.loss.d_input_noise_steps)
+    if self.d_input_noise < 0 or self.d_input_noise_steps < 0:
+      raise ValueError(f"loss.d_input_noise={config.loss.d_input_noise} (the std of the instance noise added to the "
+                       f"discriminators' images; 0: none) and loss.d_input_noise_steps="
+                       f"{config.loss.d_input_noise_steps} (0: constant) must be >= 0.")
     self.use_damsm_term = float(config.loss.damsm_lambda) != 0 or bool(config.loss.report_damsm)
 
   # -- init --------------------------------------------------------------------------------------------------
@@ -215,9 +225,10 @@ class GANTrainer:
     """The G loss of these images, mu and logvar against the state's discriminators (+ DAMSM + KL):
     (total, (parts, the discriminators' new BatchNorm statistics))."""
     logits, d_stats = [], {}
+    seen = self._noised(images, jax.random.fold_in(state.step_rng(), _G_NOISE), state.step)
     for i, d in enumerate(self.discriminators):
       key = stage_key(i)
-      out, upd = d.apply({"params": state.d_params[key], "batch_stats": state.d_batch_stats[key]}, images[i], sent,
+      out, upd = d.apply({"params": state.d_params[key], "batch_stats": state.d_batch_stats[key]}, seen[i], sent,
                          method=_g_stage_logits, mutable=["batch_stats"])
       logits.append(out)
       d_stats[key] = upd["batch_stats"]
@@ -235,6 +246,17 @@ class GANTrainer:
     total, parts = losses.generator_loss(logits, mu, logvar, self.loss_cfg, damsm_inputs=damsm_inputs)
     return total, (parts, d_stats)
 
+  def _noised(self, images: Sequence[jax.Array], key: jax.Array, step: jax.Array) -> list[jax.Array]:
+    """The images as the discriminators see them at iteration `step`: with instance noise (`loss.d_input_noise`,
+    falling to 0 at `loss.d_input_noise_steps` if that is > 0) if set."""
+    if not self.d_input_noise:
+      return list(images)
+    sigma = jnp.float32(self.d_input_noise)
+    if self.d_input_noise_steps:
+      sigma = sigma * jnp.maximum(0.0, 1.0 - step.astype(jnp.float32) / self.d_input_noise_steps)
+    keys = jax.random.split(key, len(images))
+    return [x + sigma.astype(x.dtype) * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(images, keys)]
+
   # -- steps -------------------------------------------------------------------------------------------------
 
   def d_step(self, state: GANState, damsm_vars: dict, batch: dict,
@@ -243,8 +265,10 @@ class GANTrainer:
     forward that made the fakes, for `g_step`. r1: add the R1 penalty (`loss.r1_gamma`), weighted by
     `loss.r1_every` (lazy regularisation, Karras et al. 2020: the loop adds it every r1_every-th iteration)."""
     forward = self.generator_forward(state, damsm_vars, batch)
-    fakes, sent = forward.images, forward.sentence
-    reals = real_images(batch, self.sizes)
+    sent = forward.sentence
+    k_real, k_fake = jax.random.split(jax.random.fold_in(state.step_rng(), _D_NOISE))
+    reals = self._noised(real_images(batch, self.sizes), k_real, state.step)
+    fakes = self._noised(forward.images, k_fake, state.step)
 
     r1_gamma = float(self.loss_cfg.r1_gamma) * int(self.loss_cfg.r1_every) if r1 else 0.0
 
