@@ -22,7 +22,8 @@ right colour and shape (precision 45.1 %, colour recall 93.8 %; seen pairs 52.6 
 Repeated twice on 2026-11-30 with the same commands (in `make demo`, today's code): VAE 3 min 47 s, LDM 15 min 23 s
 (9.5 steps/s), object recall 31.3 % and 30.2 % (colour recall 72.9 / 86.5 %). Not a regression: the commit that
 measured 42.7 %, run again on today's machine, reproduces the 30.2 % run bit for bit; the two figures are two
-trajectories of one recipe under another JAX build or CPU (docs/shapes_ldm.md). Expect 30-43 %.
+trajectories of one recipe under another JAX build or CPU (docs/shapes_ldm.md); a third run with
+--config.seed=1 gave 30.2 % too. Expect about 30 % (30-43 % over the four runs measured).
 Variant "large" (`shapes_ldm.py:large` in the train and evaluate commands): 48 min 8 s with the VAE, object recall
 72.9 % (seen pairs 85.9 %, held-out 16.7 %).
 Variant "pairs" (`shapes_ldm.py:pairs`, workdir runs/shapes_ldm_pairs): one or two objects with plain captions
