@@ -16,8 +16,8 @@ weighting, lr 1e-3, batch 16, EMA 0.995 with warm-up; UNet (16, 32, 64) with cro
 the attention-pooled caption added to its time embedding (addition_embed_type=text), which scales and shifts the
 normalised ResNet features (resnet_time_scale_shift=scale_shift); a 2-layer CLIP text encoder of width 64 and 16
 positions learned with it (1.11M + 0.14M parameters).
-Expected (2 idle CPU cores, the commands above on a fresh workdir): VAE 4 min 50 s, LDM 20 min 35 s (8,800 steps at
-8.1 steps/s), 25 min 25 s for both; the evaluate command's oracle finds 42.7 % of the captioned objects with the
+Measured on 2026-11-22 (2 idle CPU cores, the commands above on a fresh workdir): VAE 4 min 50 s, LDM 20 min 35 s
+(8,800 steps at 8.1 steps/s), 25 min 25 s for both; the evaluate command's oracle found 42.7 % of the captioned objects with the
 right colour and shape (precision 45.1 %, colour recall 93.8 %; seen pairs 52.6 %, the held-out purple star 0 %).
 Repeated twice on 2026-11-30 with the same commands (in `make demo`, today's code): VAE 3 min 47 s, LDM 15 min 23 s
 (9.5 steps/s), object recall 31.3 % and 30.2 % (colour recall 72.9 / 86.5 %). Not a regression: the commit that
