@@ -58,23 +58,41 @@ def default_schedule(num_steps: int) -> tuple[dict[int, float], int]:
   return thresholds, max(1, int(round(PAPER_MAX_ITER_TO_ALTER * scale)))
 
 
+# Caption styles the study samples: "plain" names colour and shape ("a red circle and a blue square"),
+# "shapes_only" the shapes alone ("a circle and a star", one noun per object as the paper's animal prompts; an
+# object is then found when its shape is drawn, in any colour, and colour figures do not apply).
+STUDY_CAPTION_STYLES = ("plain", "shapes_only")
+
+
 def study_captions(num_captions: int, resolution: int = 32, holdout: Sequence = ("purple star",),
-                   seed: int = 0, offset: int = 0) -> list[dict]:
+                   seed: int = 0, offset: int = 0, caption_style: str = "plain") -> list[dict]:
   """`num_captions` two-object test scenes from scene `offset` on: [{"caption", "objects": [(colour, shape)] in
-  caption order, "subjects": the two shape words, "held_out": whether a pair is in `holdout`}]."""
+  caption order (colour None for "shapes_only"), "subjects": the two shape words, "held_out": whether a pair is in
+  `holdout` (named pairs only)}]. With "shapes_only", scenes whose two objects share a shape are passed over (the
+  caption would name one shape twice)."""
   from t2i_common.data.shapes import ShapesSource
   from t2i_common.data.shapes_captions import parse_caption
 
-  source = ShapesSource("test", resolution=resolution, seed=seed, num_examples=offset + max(num_captions, 1),
-                        holdout=holdout, min_objects=2, max_objects=2, caption_style="plain")
+  if caption_style not in STUDY_CAPTION_STYLES:
+    raise ValueError(f"caption_style {caption_style!r}: choose from {STUDY_CAPTION_STYLES}.")
+  named = caption_style == "plain"
+  # Scenes passed over are few (two shapes of eight alike: 1 in 8), so twice the scenes asked for is plenty.
+  # Unnamed colours hold no pair out, so no test scene is made to show one (that would favour stars).
+  source = ShapesSource("test", resolution=resolution, seed=seed, num_examples=offset + 2 * num_captions + 64,
+                        holdout=holdout if named else (), min_objects=2, max_objects=2, caption_style=caption_style)
   out = []
-  for i in range(offset, offset + num_captions):
+  for i in range(offset, len(source)):
+    if len(out) == num_captions:
+      break
     record = source.text_record(i)
+    scene = [(o["color"] if named else None, o["shape"]) for o in record["objects"]]
+    if not named and len({shape for _, shape in scene}) < len(scene):
+      continue
     caption = record["captions"][0]
     objects = [(o["color"], o["shape"]) for o in parse_caption(caption)["objects"]]
-    assert sorted(objects) == sorted((o["color"], o["shape"]) for o in record["objects"]), (caption, record)
+    assert sorted(objects, key=str) == sorted(scene, key=str), (caption, record)
     out.append({"caption": caption, "objects": objects, "subjects": [s for _, s in objects],
-                "held_out": any(p in source.holdout for p in objects)})
+                "held_out": named and any(p in source.holdout for p in objects)})
   return out
 
 
@@ -82,9 +100,11 @@ _MATCH_KEYS = {"found": lambda p: tuple(p), "colours": lambda p: p[0], "shapes":
 
 
 def objects_found(objects: Sequence[tuple[str, str]], detections: Sequence[dict], by: str = "found") -> list[bool]:
-  """Per listed object, whether the detections hold it: with colour and shape (by="found"), by colour alone
-  ("colours") or by shape alone ("shapes"); a detection serves one object (multiset matching, as the oracle's
-  `score`)."""
+  """Per listed object, whether the detections hold it: with colour and shape (by="found"; by shape alone when
+  the caption names no colours, colour None), by colour alone ("colours") or by shape alone ("shapes"); a
+  detection serves one object (multiset matching, as the oracle's `score`)."""
+  if by == "found" and any(colour is None for colour, _ in objects):
+    by = "shapes"
   key = _MATCH_KEYS[by]
   got = collections.Counter(key((d["color"], d["shape"])) for d in detections)
   out = []
@@ -94,10 +114,13 @@ def objects_found(objects: Sequence[tuple[str, str]], detections: Sequence[dict]
   return out
 
 
-def pair_outcome(objects: Sequence[tuple[str, str]], detections: Sequence[dict]) -> dict[str, int]:
+def pair_outcome(objects: Sequence[tuple[str, str]], detections: Sequence[dict]) -> dict[str, Optional[int]]:
   """How many of the listed objects the detections hold: with colour and shape ("found"), by shape alone
-  ("shapes"), by colour alone ("colours")."""
-  return {by: sum(objects_found(objects, detections, by)) for by in _MATCH_KEYS}
+  ("shapes"), by colour alone ("colours"; None when the caption names no colours)."""
+  out = {by: sum(objects_found(objects, detections, by)) for by in _MATCH_KEYS}
+  if any(colour is None for colour, _ in objects):
+    out["colours"] = None
+  return out
 
 
 def attention_premise(found: Sequence[Sequence[bool]], maxes: np.ndarray, words: str) -> dict[str, Any]:
@@ -132,6 +155,7 @@ def summarize(outcomes: Sequence[dict[str, int]], num_objects: int = 2) -> dict[
   both_shapes = np.asarray([o["shapes"] == num_objects for o in outcomes])
   both_colours = np.asarray([o["colours"] == num_objects for o in outcomes])
   all_present = found == num_objects
+  colours_named = all(o["colours"] is not None for o in outcomes)
   return {
       "num_images": n,
       "all_present": float(all_present.mean()),
@@ -139,8 +163,9 @@ def summarize(outcomes: Sequence[dict[str, int]], num_objects: int = 2) -> dict[
       "none": float((found == 0).mean()),
       "object_recall": float(found.sum() / (num_objects * n)),
       "both_shapes": float(both_shapes.mean()),
-      "both_colours": float(both_colours.mean()),
-      "binding": float((all_present & both_shapes).sum() / both_shapes.sum()) if both_shapes.any() else None,
+      "both_colours": float(both_colours.mean()) if colours_named else None,
+      "binding": (float((all_present & both_shapes).sum() / both_shapes.sum())
+                  if both_shapes.any() and colours_named else None),
   }
 
 
@@ -191,6 +216,9 @@ def run_study(pipe: Any, captions: Sequence[dict], seeds: Sequence[int], *, step
   bad = [w for w in subject_words if w not in SUBJECT_WORDS]
   if bad or not subject_words:
     raise ValueError(f"subject_words {list(subject_words)}: choose from {SUBJECT_WORDS}.")
+  if any(colour is None for c in captions for colour, _ in c["objects"]) and set(subject_words) - {"shape"}:
+    raise ValueError(f"subject_words {list(subject_words)}: these captions name no colours (style "
+                     "'shapes_only'); excite the shape words (subject_words=['shape']).")
   subjects = subject_lists(captions, seeds)
   objects = [c["objects"] for c in captions for _ in seeds]
   held_out = np.asarray([c["held_out"] for c in captions for _ in seeds])
@@ -374,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--pretrained", required=True, help="pipeline folder of a shapes LDM (e.g. shapes_ldm.py:pairs)")
   p.add_argument("--out", required=True, help="folder for study.json, study.md and grid.png")
   p.add_argument("--num-captions", type=positive_int, default=96, help="two-object test captions")
+  p.add_argument("--caption-style", choices=STUDY_CAPTION_STYLES, default="plain",
+                 help="plain: 'a red circle and a blue square'; shapes_only: 'a circle and a star' (for a model "
+                      "trained on such captions, data.shapes.caption_style=shapes_only)")
   p.add_argument("--caption-offset", type=int, default=0,
                  help="first test scene (e.g. choose A&E settings on other captions than the study's)")
   p.add_argument("--seeds", type=parse_seeds, default=[0], help="seeds per caption, e.g. 0-3 (all arms share them)")
@@ -413,7 +444,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   pipe = from_pretrained(args.pretrained)
   if args.caption_offset < 0:
     raise ValueError(f"--caption-offset must be >= 0, got {args.caption_offset}.")
-  captions = study_captions(args.num_captions, pipe.default_size, holdout, offset=args.caption_offset)
+  captions = study_captions(args.num_captions, pipe.default_size, holdout, offset=args.caption_offset,
+                            caption_style=args.caption_style)
   results, images = run_study(pipe, captions, args.seeds, steps=args.steps, guidance_scale=args.guidance,
                               scale_factors=args.scale_factor, subject_words=args.subject_words,
                               max_iters=args.max_iter_to_alter,

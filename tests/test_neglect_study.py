@@ -25,6 +25,27 @@ def test_captions_are_two_object_plain_test_captions_with_their_subjects():
   assert ns.study_captions(5, offset=35) == captions[35:]
 
 
+def test_shapes_only_captions_name_two_different_shapes():
+  captions = ns.study_captions(40, caption_style="shapes_only")
+  assert len(captions) == 40 and ns.study_captions(35, caption_style="shapes_only") == captions[:35]
+  for c in captions:
+    first, second = c["caption"].split(" and ")
+    assert [w.split()[-1] for w in (first, second)] == c["subjects"] and len(set(c["subjects"])) == 2
+    assert c["objects"] == [(None, s) for s in c["subjects"]] and not c["held_out"]
+  with pytest.raises(ValueError, match="caption_style"):
+    ns.study_captions(4, caption_style="templates")
+  # Found = the shape drawn in any colour; colour figures do not apply.
+  det = lambda *pairs: [{"color": c, "shape": s} for c, s in pairs]
+  objects = [(None, "circle"), (None, "star")]
+  outcomes = [ns.pair_outcome(objects, det(("red", "circle"), ("blue", "star"))),
+              ns.pair_outcome(objects, det(("red", "circle"), ("red", "square")))]
+  assert [o["found"] for o in outcomes] == [2, 1] and all(o["colours"] is None for o in outcomes)
+  s = ns.summarize(outcomes)
+  assert s["all_present"] == 0.5 and s["neglect"] == 0.5 and s["binding"] is None and s["both_colours"] is None
+  with pytest.raises(ValueError, match="name no colours"):
+    ns.run_study(None, captions[:1], [0], subject_words=["colour"], attn_res=(4, 4))
+
+
 def test_figures_from_detections():
   objects = [("red", "circle"), ("blue", "square")]
   det = lambda *pairs: [{"color": c, "shape": s} for c, s in pairs]

@@ -210,3 +210,21 @@ def test_plain_captions_list_the_objects_only():
   assert ShapesSource.from_config(cfg, "test").caption_style == "plain"
   with pytest.raises(ValueError, match="caption_style"):
     ShapesSource("train", caption_style="short")
+
+
+def test_shapes_only_captions_name_the_shapes_without_colours():
+  src = ShapesSource("train", resolution=32, num_examples=40, min_objects=1, max_objects=2,
+                     caption_style="shapes_only")
+  plain = ShapesSource("train", resolution=32, num_examples=40, min_objects=1, max_objects=2, caption_style="plain")
+  for i in range(40):
+    ex = src[i]
+    assert np.array_equal(ex["image"], plain[i]["image"])  # the same scenes, other words
+    for caption in ex["captions"]:
+      assert re.fullmatch(r"an? \w+( and an? \w+)?", caption), caption
+      assert not set(caption.split()) & set(shapes.COLOR_NAMES), caption
+      parsed = parse_caption(caption)["objects"]
+      assert all(o["color"] is None for o in parsed)
+      assert sorted(o["shape"] for o in parsed) == sorted({o["shape"] for o in ex["objects"]})
+  # Colours named elsewhere in a caption still parse as before.
+  assert parse_caption("a star above the red circle")["objects"] == [
+      {"color": None, "shape": "star", "size": None}, {"color": "red", "shape": "circle", "size": None}]

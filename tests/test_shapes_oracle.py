@@ -95,6 +95,26 @@ def test_scores_count_misses_and_false_detections():
     score(images, truth[:3])
 
 
+def test_objects_without_a_colour_match_their_shape_in_any_colour():
+  src = ShapesSource("test", seed=2)
+  records = [src[i] for i in range(6)]
+  images = [r["image"] for r in records]
+  truth = [[(o["color"], o["shape"]) for o in r["objects"]] for r in records]
+  shapes_only = [[(None, s) for _, s in t] for t in truth]
+  result = score(images, shapes_only)
+  assert result["object_recall"] == result["all_present"] == result["object_precision"] == 1.0
+  assert "color_recall" not in result and result["shape_recall"] == 1.0
+  # A shape not drawn is missed; a coloured object takes its detection first, so a colourless one of the same
+  # shape needs a second detection.
+  k = next(i for i, t in enumerate(truth) if len(t) == 2 and t[0][1] != t[1][1])
+  (first, second), image = truth[k], images[k]
+  missing = next(s for s in ("ring", "cross", "star", "heart") if s not in (first[1], second[1]))
+  assert score([image], [[(None, missing)]])["object_recall"] == 0.0
+  assert score([image], [[first, (None, first[1])]])["object_recall"] == pytest.approx(0.5)
+  mixed = score([image], [[first, (None, second[1])]])
+  assert mixed["object_recall"] == mixed["color_recall"] == 1.0
+
+
 def test_garbage_images_give_no_objects_and_no_crash():
   rng = np.random.default_rng(0)
   smooth = ndimage.gaussian_filter(rng.normal(128, 80, (96, 96, 3)), (3, 3, 0))

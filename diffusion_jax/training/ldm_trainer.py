@@ -311,7 +311,10 @@ class SampleHook:
     if data.name == "shapes":
       from t2i_common.data.shapes import parse_holdout
       source = make_source(data, "test")
-      self.objects = [source[int(i)]["objects"] for i in batch["index"]]
+      # Captions of style "shapes_only" name no colours: the oracle then matches the shapes alone.
+      named = data.shapes.caption_style != "shapes_only"
+      self.objects = [[(o["color"] if named else None, o["shape"]) for o in source[int(i)]["objects"]]
+                      for i in batch["index"]]
       self.holdout = parse_holdout(data.shapes.holdout)
 
   def sample_and_score(self, pipe: Pipeline, tag: str) -> dict[str, float]:

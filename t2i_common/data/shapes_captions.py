@@ -5,7 +5,8 @@ caption fully names the object set. Relations are read from the scene's boxes an
 with a margin; `parse_caption` reads captions back (tests check them against the scene, and the oracle's CLI
 uses it to score images generated from captions alone). Style "templates" varies the wording; style "plain"
 lists the objects only, in a random order ("a red circle and a blue square", the form of Attend-and-Excite's
-benchmark prompts).
+benchmark prompts); style "shapes_only" names the shapes alone ("a circle and a star": one noun per object, as the
+paper's animal prompts; the colours are the model's to choose, and `parse_caption` gives them as None).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from t2i_common.data.shapes_render import COLOR_NAMES, SHAPES, SIZES
 
-CAPTION_STYLES = ("templates", "plain")
+CAPTION_STYLES = ("templates", "plain", "shapes_only")
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 # A relation is stated only when the boxes are apart by this fraction of the image side along its axis, which
 # keeps it true after boxes are rounded to whole pixels (>= 1 px at 32 px).
@@ -28,9 +29,9 @@ def _article(word: str) -> str:
   return "an" if word[0] in "aeiou" else "a"
 
 
-def object_phrase(obj: dict, with_size: bool, definite: bool = False) -> str:
-  """'a small red circle', 'an orange star', or 'the red circle' (a second mention)."""
-  words = ([obj["size"]] if with_size else []) + [obj["color"], obj["shape"]]
+def object_phrase(obj: dict, with_size: bool, definite: bool = False, with_color: bool = True) -> str:
+  """'a small red circle', 'an orange star', 'the red circle' (a second mention) or 'a star' (no colour)."""
+  words = ([obj["size"]] if with_size else []) + ([obj["color"]] if with_color else []) + [obj["shape"]]
   det = "the" if definite else _article(words[0])
   return " ".join([det] + words)
 
@@ -136,12 +137,15 @@ def _maybe(text: str | None, fmt: str) -> str | None:
 def make_captions(objs: Sequence[dict], background: str, count: int, rng: np.random.Generator,
                   style: str = "templates") -> list[str]:
   """`count` captions for objects with unit-square boxes: distinct templates while there are enough (style
-  "templates"), or the objects' colour and shape only, each caption in its own random order (style "plain").
+  "templates"), or the objects' colour and shape only (style "plain") or their shape only ("shapes_only"), each
+  caption in its own random order.
   """
   if style not in CAPTION_STYLES:
     raise ValueError(f"unknown caption style {style!r}; use one of {CAPTION_STYLES}.")
-  if style == "plain":
-    return [_join([object_phrase(objs[i], False) for i in rng.permutation(len(objs))]) for _ in range(count)]
+  if style != "templates":
+    with_color = style == "plain"
+    return [_join([object_phrase(objs[i], False, with_color=with_color) for i in rng.permutation(len(objs))])
+            for _ in range(count)]
   builders = _templates(objs, background, rng)
   captions: list[str] = []
   order = list(rng.permutation(len(builders)))
@@ -155,7 +159,7 @@ def make_captions(objs: Sequence[dict], background: str, count: int, rng: np.ran
 
 
 _MENTION = re.compile(
-    r"\b(a|an|the) (?:(" + "|".join(SIZES) + r") )?(" + "|".join(COLOR_NAMES) + r") (" + "|".join(SHAPES)
+    r"\b(a|an|the) (?:(" + "|".join(SIZES) + r") )?(?:(" + "|".join(COLOR_NAMES) + r") )?(" + "|".join(SHAPES)
     + r")\b")
 _RELATION = re.compile("|".join(re.escape(r) for r in RELATIONS))
 _COUNT = re.compile(r"\b(one|two|three|four|five) shapes\b|\ba single shape\b")
@@ -165,10 +169,12 @@ _REGION = re.compile(r"\b(?:in|on|at) the (top left|top right|bottom left|bottom
 
 
 def parse_caption(text: str) -> dict:
-  """Reads a caption back: {"objects": [{"color", "shape", "size" or None}], "relations": [(i, phrase, j)]
-  over indices into "objects", "count": int or None, "background": str or None, "region": str or None}.
+  """Reads a caption back: {"objects": [{"color" (None if not named), "shape", "size" or None}], "relations":
+  [(i, phrase, j)] over indices into "objects", "count": int or None, "background": str or None, "region": str or
+  None}.
 
-  Repeated mentions of the same (color, shape) ('the blue star') map to one object.
+  Repeated mentions of the same (color, shape) ('the blue star') map to one object (so 'a star and a star' of
+  style "shapes_only" reads as one star).
   """
   objects: list[dict] = []
   index_of: dict[tuple[str, str], int] = {}

@@ -200,22 +200,33 @@ def _pairs(objects: Iterable) -> list[tuple[str, str]]:
   return pairs
 
 
+def match(want: collections.Counter, got: collections.Counter) -> collections.Counter:
+  """How many of each listed (color, shape) the detections hold, each detection serving one object; a listed
+  colour of None (a caption that names the shape only) takes a detection of that shape in any colour, after the
+  objects with a colour have taken theirs."""
+  exact = collections.Counter({k: v for k, v in want.items() if k[0] is not None}) & got
+  spare = collections.Counter(shape for _, shape in (got - exact).elements())
+  wild = collections.Counter({k: min(v, spare[k[1]]) for k, v in want.items() if k[0] is None})
+  return exact + wild
+
+
 def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list | None = None,
           holdout: Iterable[tuple[str, str]] = ()) -> dict:
   """Object recall/precision of `detect_objects` against the listed objects of each image.
 
-  A detection counts once per listed object with the same (color, shape) (multiset matching).
-  object_recall = matched / listed, object_precision = matched / detected (0 when nothing is detected),
-  all_present = fraction of images whose every listed object is matched; color_recall and shape_recall give
-  the same recall for colour alone and shape alone (diagnostics), and object_recall/<shape> the object recall
-  of the listed objects of each shape (a model learns some shapes before others). With `holdout` (the
-  (color, shape) pairs kept out of training), object_recall/seen and object_recall/held_out split the recall
-  between the listed objects of trained pairs and of held-out ones (compositional generalisation). If
-  `detections` is a list, each image's detections are appended to it.
+  A detection counts once per listed object with the same (color, shape) (multiset matching; a listed colour of
+  None matches any colour, `match`). object_recall = matched / listed, object_precision = matched / detected (0
+  when nothing is detected), all_present = fraction of images whose every listed object is matched; color_recall
+  (over the objects listed with a colour; absent when none is) and shape_recall give the same recall for colour
+  alone and shape alone (diagnostics), and object_recall/<shape> the object recall of the listed objects of each
+  shape (a model learns some shapes before others). With `holdout` (the (color, shape) pairs kept out of
+  training), object_recall/seen and object_recall/held_out split the recall between the listed objects of
+  trained pairs and of held-out ones (compositional generalisation). If `detections` is a list, each image's
+  detections are appended to it.
   """
   holdout = set(holdout)
   listed = matched = detected = complete = num = 0
-  color_hits = shape_hits = 0
+  color_hits = shape_hits = colored = 0
   per_group: dict[str, list[int]] = {}  # a shape, "seen" or "held_out" -> [matched, listed]
   for image, objects in zip(images, objects_lists, strict=True):
     want = collections.Counter(_pairs(objects))
@@ -223,7 +234,8 @@ def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list 
     if detections is not None:
       detections.append(found_list)
     got = collections.Counter((d["color"], d["shape"]) for d in found_list)
-    hits = sum((want & got).values())
+    matched_pairs = match(want, got)
+    hits = sum(matched_pairs.values())
     listed += sum(want.values())
     detected += sum(got.values())
     matched += hits
@@ -233,21 +245,18 @@ def score(images: Iterable, objects_lists: Iterable[Sequence], detections: list 
       groups = [shape] + ([("held_out" if (color, shape) in holdout else "seen")] if holdout else [])
       for group in groups:
         tally = per_group.setdefault(group, [0, 0])
-        tally[0] += min(count, got[(color, shape)])
+        tally[0] += matched_pairs[(color, shape)]
         tally[1] += count
-    for index in (0, 1):
-      wanted = collections.Counter(p[index] for p in want.elements())
-      have = collections.Counter(p[index] for p in got.elements())
-      hit = sum((wanted & have).values())
-      if index == 0:
-        color_hits += hit
-      else:
-        shape_hits += hit
+    wanted_colors = collections.Counter(c for c, _ in want.elements() if c is not None)
+    colored += sum(wanted_colors.values())
+    color_hits += sum((wanted_colors & collections.Counter(c for c, _ in got.elements())).values())
+    shape_hits += sum((collections.Counter(s for _, s in want.elements())
+                       & collections.Counter(s for _, s in got.elements())).values())
   return {
       "object_recall": matched / listed if listed else 1.0,
       "object_precision": matched / detected if detected else 0.0,
       "all_present": complete / num if num else 0.0,
-      "color_recall": color_hits / listed if listed else 1.0,
+      **({"color_recall": color_hits / colored if colored else 1.0} if colored or not listed else {}),
       "shape_recall": shape_hits / listed if listed else 1.0,
       "num_images": num,
       "num_objects": listed,
@@ -276,7 +285,7 @@ def _read_examples(path: str) -> tuple[list[str], list[list[tuple[str, str]]]]:
     except (KeyError, ValueError, IndexError, TypeError):
       raise ValueError(f"{path}:{lineno}: 'objects' must be a list of {{'color', 'shape'}}; got {listed!r}.")
     for color, shape in pairs:
-      if color not in COLORS or shape not in SHAPES:
+      if (color is not None and color not in COLORS) or shape not in SHAPES:
         raise ValueError(f"{path}:{lineno}: unknown object ({color!r}, {shape!r}); colours {COLOR_NAMES}, "
                          f"shapes {SHAPES}.")
     paths.append(image_path)
