@@ -93,6 +93,9 @@ def study_captions(num_captions: int, resolution: int = 32, holdout: Sequence = 
     assert sorted(objects, key=str) == sorted(scene, key=str), (caption, record)
     out.append({"caption": caption, "objects": objects, "subjects": [s for _, s in objects],
                 "held_out": named and any(p in source.holdout for p in objects)})
+  if len(out) < num_captions:
+    raise ValueError(f"only {len(out)} usable two-object test scenes from scene {offset} on; ask for fewer "
+                     "captions or another offset.")
   return out
 
 
@@ -100,13 +103,15 @@ _MATCH_KEYS = {"found": lambda p: tuple(p), "colours": lambda p: p[0], "shapes":
 
 
 def objects_found(objects: Sequence[tuple[str, str]], detections: Sequence[dict], by: str = "found") -> list[bool]:
-  """Per listed object, whether the detections hold it: with colour and shape (by="found"; by shape alone when
-  the caption names no colours, colour None), by colour alone ("colours") or by shape alone ("shapes"); a
-  detection serves one object (multiset matching, as the oracle's `score`)."""
-  if by == "found" and any(colour is None for colour, _ in objects):
-    by = "shapes"
+  """Per listed object, whether the detections hold it: with colour and shape (by="found"; an object without a
+  colour, None, by its shape in any colour: the oracle's `match`), by colour alone ("colours") or by shape alone
+  ("shapes"); a detection serves one object (multiset matching, as the oracle's `score`)."""
+  from t2i_common.data.shapes_oracle import match
+
   key = _MATCH_KEYS[by]
   got = collections.Counter(key((d["color"], d["shape"])) for d in detections)
+  if by == "found":
+    got = match(collections.Counter(map(tuple, objects)), got)
   out = []
   for obj in objects:
     out.append(got[key(obj)] > 0)
