@@ -228,3 +228,46 @@ def test_shapes_only_captions_name_the_shapes_without_colours():
   # Colours named elsewhere in a caption still parse as before.
   assert parse_caption("a star above the red circle")["objects"] == [
       {"color": None, "shape": "star", "size": None}, {"color": "red", "shape": "circle", "size": None}]
+
+
+def test_object_count_probs_weight_the_number_of_objects():
+  weighted = ShapesSource("train", resolution=32, num_examples=600, min_objects=1, max_objects=2,
+                          object_count_probs=(0.8, 0.2))
+  counts = [len(weighted.scene(i)["objects"]) for i in range(600)]
+  assert 0.72 < counts.count(1) / 600 < 0.88, counts.count(1)  # 0.8 +- 4 standard errors
+  cfg = shapes_config()
+  cfg.update(min_objects=1, max_objects=2, object_count_probs=(0.8, 0.2))
+  assert np.allclose(ShapesSource.from_config(cfg, "train").object_count_probs, (0.8, 0.2))
+  # () keeps the uniform draw, and with it every scene of the datasets made before the option existed.
+  uniform = ShapesSource("train", resolution=32, num_examples=40, min_objects=1, max_objects=2)
+  assert uniform.object_count_probs is None and 15 < sum(len(uniform.scene(i)["objects"]) == 1
+                                                         for i in range(40)) < 25
+  for probs in [(0.5, 0.5), (0.2, 0.2, 0.2), (1.2, -0.2, 0.0)]:
+    with pytest.raises(ValueError, match="object_count_probs .* 3 non-negative probabilities summing to 1"):
+      ShapesSource("train", min_objects=1, max_objects=3, object_count_probs=probs)
+
+
+def test_absent_object_prob_names_an_object_the_image_lacks():
+  kw = dict(resolution=32, num_examples=200, min_objects=1, max_objects=2, caption_style="shapes_only")
+  src = ShapesSource("train", absent_object_prob=0.5, **kw)
+  truthful = ShapesSource("train", **kw)
+  absent = 0
+  for i in range(200):
+    rec, ref = src.text_record(i), truthful.text_record(i)
+    assert rec["objects"] == ref["objects"]  # the same drawn scene: only the captions may name more
+    named = [parse_caption(c)["objects"] for c in rec["captions"]]
+    drawn = sorted(o["shape"] for o in rec["objects"])
+    extra = [sorted(o["shape"] for o in objs) for objs in named if len(objs) > len(drawn)]
+    if extra:
+      absent += 1
+      assert len(drawn) == 1 and len(extra) == len(named)  # every caption of the scene names the absent object
+      assert all(len(e) == 2 and drawn[0] in e and len(set(e)) == 2 for e in extra), (drawn, rec["captions"])
+  ones = sum(len(truthful.text_record(i)["objects"]) == 1 for i in range(200))
+  assert 0.3 * ones < absent < 0.7 * ones, (absent, ones)
+  # Test captions stay truthful; the option needs captions without sizes and relations.
+  test, test_truthful = ShapesSource("test", absent_object_prob=1.0, **kw), ShapesSource("test", **kw)
+  assert all(test.text_record(i) == test_truthful.text_record(i) for i in range(40))
+  with pytest.raises(ValueError, match="absent_object_prob .*'plain' or 'shapes_only'"):
+    ShapesSource("train", absent_object_prob=0.5)
+  with pytest.raises(ValueError, match=r"absent_object_prob must be in \[0, 1\]"):
+    ShapesSource("train", absent_object_prob=1.5, caption_style="plain")

@@ -51,6 +51,11 @@ def shapes_config() -> ml_collections.ConfigDict:
       "caption_style": "templates",
       "min_objects": 1,
       "max_objects": 3,
+      # Probabilities of min_objects .. max_objects objects per scene; () draws the count uniformly.
+      "object_count_probs": (),
+      # Probability that a training scene with fewer than max_objects objects has captions that also name one
+      # object it does not show (as web captions name things their images lack); plain and shapes_only captions.
+      "absent_object_prob": 0.0,
   })
 
 
@@ -118,7 +123,8 @@ class ShapesSource:
 
   def __init__(self, split: str = "train", resolution: int = 64, seed: int = 0, num_examples: int | None = None,
                holdout: Iterable = (("purple", "star"),), captions_per_image: int = 5, min_objects: int = 1,
-               max_objects: int = 3, test_holdout_fraction: float = 0.25, caption_style: str = "templates"):
+               max_objects: int = 3, test_holdout_fraction: float = 0.25, caption_style: str = "templates",
+               object_count_probs: Sequence[float] = (), absent_object_prob: float = 0.0):
     if split not in SPLITS:
       raise ValueError(f"shapes split must be one of {SPLITS}, got {split!r}.")
     if not isinstance(resolution, (int, np.integer)) or not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
@@ -127,10 +133,21 @@ class ShapesSource:
     if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
       raise ValueError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got min_objects={min_objects}, "
                        f"max_objects={max_objects}.")
+    counts = max_objects - min_objects + 1
+    probs = np.asarray(tuple(object_count_probs), np.float64)
+    if probs.size and (probs.shape != (counts,) or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0)):
+      raise ValueError(f"object_count_probs {tuple(object_count_probs)} must hold {counts} non-negative "
+                       f"probabilities summing to 1, one per object count {min_objects} .. {max_objects}; () draws "
+                       "the count uniformly.")
     if captions_per_image < 1:
       raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}.")
     if caption_style not in CAPTION_STYLES:
       raise ValueError(f"shapes caption_style must be one of {CAPTION_STYLES}, got {caption_style!r}.")
+    if not 0.0 <= absent_object_prob <= 1.0:
+      raise ValueError(f"absent_object_prob must be in [0, 1], got {absent_object_prob}.")
+    if absent_object_prob and caption_style == "templates":
+      raise ValueError("absent_object_prob names an object that is not drawn, which the 'templates' captions' "
+                       "sizes and relations cannot describe; use caption_style 'plain' or 'shapes_only'.")
     if not 0.0 <= test_holdout_fraction <= 1.0:
       raise ValueError(f"test_holdout_fraction must be in [0, 1], got {test_holdout_fraction}.")
     if num_examples is None:
@@ -142,6 +159,8 @@ class ShapesSource:
     self.holdout = parse_holdout(holdout)
     self.captions_per_image = int(captions_per_image)
     self.min_objects, self.max_objects = int(min_objects), int(max_objects)
+    self.object_count_probs = probs / probs.sum() if probs.size else None
+    self.absent_object_prob = float(absent_object_prob)
     self.test_holdout_fraction = float(test_holdout_fraction)
     self.caption_style = caption_style
     all_pairs = [(c, s) for c in COLOR_NAMES for s in SHAPES]
@@ -158,7 +177,9 @@ class ShapesSource:
                seed=config.seed, num_examples=config.num_train if split == "train" else config.num_test,
                holdout=config.holdout, captions_per_image=config.captions_per_image,
                min_objects=config.min_objects, max_objects=config.max_objects,
-               test_holdout_fraction=config.test_holdout_fraction, caption_style=config.caption_style)
+               test_holdout_fraction=config.test_holdout_fraction, caption_style=config.caption_style,
+               object_count_probs=config.get("object_count_probs", ()),
+               absent_object_prob=config.get("absent_object_prob", 0.0))
 
   def __len__(self) -> int:
     return self.num_examples
@@ -181,7 +202,10 @@ class ShapesSource:
     """
     index = self._index(index)
     rng = np.random.default_rng([_RNG_TAG, self.seed, SPLITS.index(self.split), index])
-    n = int(rng.integers(self.min_objects, self.max_objects + 1))
+    if self.object_count_probs is None:  # uniform; kept as the first draw so earlier datasets are unchanged
+      n = int(rng.integers(self.min_objects, self.max_objects + 1))
+    else:
+      n = self.min_objects + int(rng.choice(len(self.object_count_probs), p=self.object_count_probs))
     pairs = [self._pairs[i] for i in rng.choice(len(self._pairs), n, replace=False)]
     if self.split == "test" and self.holdout and rng.random() < self.test_holdout_fraction:
       forced = self.holdout[rng.integers(len(self.holdout))]
@@ -189,9 +213,22 @@ class ShapesSource:
         pairs[rng.integers(n)] = forced
     objects = self._layout(rng, pairs)
     background = sample_background(rng, [o["color"] for o in objects])
-    captions = make_captions(objects, background_name(background), self.captions_per_image, rng,
-                             self.caption_style)
+    named = objects + self._absent_object(rng, objects)
+    captions = make_captions(named, background_name(background), self.captions_per_image, rng, self.caption_style)
     return {"background": background, "objects": objects, "captions": captions, "index": index}
+
+  def _absent_object(self, rng: np.random.Generator, objects: Sequence[dict]) -> list[dict]:
+    """[] or, for training scenes with room for one more (absent_object_prob), an object the captions name but
+    the image does not show: a pair the split may draw, of a shape not drawn (a shapes_only caption would
+    otherwise name one shape twice)."""
+    if not self.absent_object_prob or self.split != "train" or len(objects) >= self.max_objects:
+      return []  # no draw from rng: scenes without the option stay those of earlier datasets
+    if rng.random() >= self.absent_object_prob:
+      return []
+    drawn = {o["shape"] for o in objects}
+    candidates = [p for p in self._pairs if p[1] not in drawn]
+    color, shape = candidates[rng.integers(len(candidates))]
+    return [{"shape": shape, "color": color, "size": SIZES[rng.integers(len(SIZES))]}]
 
   def _layout(self, rng: np.random.Generator, pairs: Sequence[tuple[str, str]]) -> list[dict]:
     sizes = [SIZES[rng.integers(len(SIZES))] for _ in pairs]
