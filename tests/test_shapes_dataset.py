@@ -267,6 +267,9 @@ def test_absent_object_prob_names_an_object_the_image_lacks():
   # Test captions stay truthful; the option needs captions without sizes and relations.
   test, test_truthful = ShapesSource("test", absent_object_prob=1.0, **kw), ShapesSource("test", **kw)
   assert all(test.text_record(i) == test_truthful.text_record(i) for i in range(40))
+  cfg = shapes_config()
+  cfg.update(min_objects=1, max_objects=2, caption_style="shapes_only", absent_object_prob=0.5)
+  assert ShapesSource.from_config(cfg, "train").absent_object_prob == 0.5
   with pytest.raises(ValueError, match="absent_object_prob .*'plain' or 'shapes_only'"):
     ShapesSource("train", absent_object_prob=0.5)
   with pytest.raises(ValueError, match=r"absent_object_prob must be in \[0, 1\]"):
